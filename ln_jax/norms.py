@@ -1,0 +1,179 @@
+"""Normalization layers as the Layer Normalization paper (Ba et al., 2016) defines them.
+
+Conventions (see also the README):
+- Statistics are always computed in float32, whatever the input dtype; the output has the input's
+  dtype. The variance is two-pass (mean of squared deviations) unless `use_fast_variance=True`,
+  whose one-pass E[x^2] - E[x]^2 loses all precision for inputs with a large mean in float32.
+- `epsilon` sits inside the square root: (x - mu) * rsqrt(var + eps). The paper has none; the
+  default 1e-5 is the value of the paper's original code.
+- BatchNorm's `momentum` follows Flax/Keras: running <- momentum * running + (1 - momentum) * batch
+  (PyTorch's momentum=0.1 equals momentum=0.9 here). Running statistics start at mean 0, var 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+DEFAULT_EPSILON = 1e-5
+
+
+def _axes_tuple(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+  if isinstance(axes, int):
+    axes = (axes,)
+  return tuple(sorted(a % ndim for a in axes))
+
+
+def moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False):
+  """Float32 mean and biased variance of `x` over `axes`, keeping dims.
+
+  `mask` (broadcastable to `x`, 1 for real entries) leaves padded entries out of the statistics.
+  Returns (mean, var, count) where count is the number of entries each statistic averaged.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  if mask is None:
+    count = jnp.asarray(
+        functools.reduce(lambda n, a: n * x.shape[a], axes, 1), jnp.float32)
+    mean_fn = lambda v: jnp.mean(v, axes, keepdims=True)
+  else:
+    weights = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), x.shape)
+    count = jnp.sum(weights, axes, keepdims=True)
+    safe_count = jnp.maximum(count, 1.0)
+    mean_fn = lambda v: jnp.sum(v * weights, axes, keepdims=True) / safe_count
+  mean = mean_fn(x)
+  if use_fast_variance:
+    var = jnp.maximum(mean_fn(jnp.square(x)) - jnp.square(mean), 0.0)
+  else:
+    var = mean_fn(jnp.square(x - mean))
+  return mean, var, count
+
+
+def _affine(module: nn.Module, y, param_shape, use_scale, use_bias, scale_init, bias_init,
+            param_dtype):
+  if use_scale:
+    y = y * jnp.asarray(module.param('scale', scale_init, param_shape, param_dtype), y.dtype)
+  if use_bias:
+    y = y + jnp.asarray(module.param('bias', bias_init, param_shape, param_dtype), y.dtype)
+  return y
+
+
+class LayerNorm(nn.Module):
+  """LN (paper Eq. 3): per-example statistics over the hidden units, gain 1 and bias 0 at init.
+
+  The gain and bias have one entry per normalized unit (the shape of `x` along
+  `reduction_axes`). Training and evaluation compute the same thing, at any batch size.
+  """
+  epsilon: float = DEFAULT_EPSILON
+  reduction_axes: int | Sequence[int] = -1
+  use_scale: bool = True
+  use_bias: bool = True
+  use_fast_variance: bool = False
+  scale_init: Callable[..., Any] = nn.initializers.ones
+  bias_init: Callable[..., Any] = nn.initializers.zeros
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    del mask  # statistics are per example: padding elsewhere cannot reach them
+    axes = _axes_tuple(self.reduction_axes, x.ndim)
+    mean, var, _ = moments(x, axes, use_fast_variance=self.use_fast_variance)
+    y = (jnp.asarray(x, jnp.float32) - mean) * lax.rsqrt(var + self.epsilon)
+    param_shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+    param_shape = param_shape[min(axes):]
+    y = _affine(self, y, param_shape, self.use_scale, self.use_bias, self.scale_init,
+                self.bias_init, self.param_dtype)
+    return y.astype(x.dtype)
+
+
+class BatchNorm(nn.Module):
+  """BN over every axis but the last, with running averages for evaluation.
+
+  - `use_running_average`: normalize with the running averages (evaluation) instead of the
+    batch statistics; when False the running averages are updated, if `batch_stats` is mutable.
+  - `unbiased_variance`: normalize with the unbiased batch variance n/(n-1) * var, as the LN paper
+    does at batch size 4; the running average then tracks that same estimate.
+  - Under `jax.jit` with the batch sharded over a device mesh the reductions are global, so the
+    statistics are those of the whole batch. Inside `shard_map`/`pmap`, set `axis_name` to
+    average over devices (leave it None for per-device, "ghost", statistics).
+  """
+  use_running_average: bool | None = None
+  momentum: float = 0.99
+  epsilon: float = DEFAULT_EPSILON
+  unbiased_variance: bool = False
+  use_fast_variance: bool = False
+  use_scale: bool = True
+  use_bias: bool = True
+  scale_init: Callable[..., Any] = nn.initializers.ones
+  bias_init: Callable[..., Any] = nn.initializers.zeros
+  axis_name: str | None = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None, mask=None):
+    use_running_average = nn.merge_param(
+        'use_running_average', self.use_running_average, use_running_average)
+    features = x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+
+    if use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      mean, var, count = moments(
+          x, axes, mask=None if mask is None else mask[..., None],
+          use_fast_variance=self.use_fast_variance)
+      if self.axis_name is not None:
+        # Average first and second moments over devices, then recentre.
+        mean_sq = lax.pmean(var + jnp.square(mean), self.axis_name)
+        mean = lax.pmean(mean, self.axis_name)
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        count = lax.psum(count, self.axis_name)
+      mean, var, count = (jnp.reshape(v, (-1,)) for v in (mean, var, count))
+      if self.unbiased_variance:
+        var = var * count / jnp.maximum(count - 1.0, 1.0)
+      if not self.is_initializing() and self.is_mutable_collection('batch_stats'):
+        m = self.momentum
+        running_mean.value = m * running_mean.value + (1.0 - m) * mean
+        running_var.value = m * running_var.value + (1.0 - m) * var
+
+    y = (jnp.asarray(x, jnp.float32) - mean) * lax.rsqrt(var + self.epsilon)
+    y = _affine(self, y, (features,), self.use_scale, self.use_bias, self.scale_init,
+                self.bias_init, self.param_dtype)
+    return y.astype(x.dtype)
+
+
+NormFactory = Callable[..., nn.Module]
+NORMS = ('layer', 'batch', 'none')
+
+
+def make_norm(config) -> NormFactory | None:
+  """Maps `config.norm` to a factory `make(train: bool, **overrides) -> nn.Module`, or None.
+
+  The factory hides which normalizer it builds, so one model definition serves all of them.
+  Reads config.norm, norm_epsilon, norm_fast_variance, bn_momentum, bn_unbiased_variance,
+  bn_eval_stats ('running' | 'batch').
+  """
+  name = config.norm
+  common = dict(epsilon=config.norm_epsilon, use_fast_variance=config.norm_fast_variance)
+  if name == 'none':
+    return None
+  if name == 'layer':
+    def make_layer_norm(train: bool, **overrides):
+      del train  # LN is the same in training and evaluation
+      return LayerNorm(**{**common, **overrides})
+    return make_layer_norm
+  if name == 'batch':
+    eval_with_batch_stats = config.bn_eval_stats == 'batch'
+    def make_batch_norm(train: bool, **overrides):
+      return BatchNorm(use_running_average=not (train or eval_with_batch_stats),
+                       momentum=config.bn_momentum,
+                       unbiased_variance=config.bn_unbiased_variance,
+                       **{**common, **overrides})
+    return make_batch_norm
+  raise ValueError(f'unknown norm {name!r}; choose one of {", ".join(NORMS)}')

@@ -1,0 +1,53 @@
+"""Terminal progress for long runs: steps/s, examples/s, ETA and the latest metrics."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from absl import logging
+import jax
+
+
+def _format_duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+class Progress:
+  """Logs at most every `every_s` seconds; the rate is measured over the last interval."""
+
+  def __init__(self, total_steps: int, batch_size: int, every_s: float, first_step: int = 0):
+    self._total = total_steps
+    self._batch = batch_size
+    self._every = every_s
+    self._start = time.time()
+    self._mark_time, self._mark_step = self._start, first_step
+    self._rate = 0.0
+    self._last_print = self._start
+
+  def elapsed(self) -> float:
+    return time.time() - self._start
+
+  def rate(self) -> float:
+    return self._rate
+
+  def update(self, step: int, latest=None) -> None:
+    now = time.time()
+    if now - self._last_print < self._every and step < self._total:
+      return
+    if latest is not None:
+      latest = jax.device_get(latest)  # waits for the device: the rate below is real work
+      now = time.time()
+    if now > self._mark_time:
+      self._rate = (step - self._mark_step) / (now - self._mark_time)
+    self._mark_time, self._mark_step, self._last_print = now, step, now
+    eta = (self._total - step) / self._rate if self._rate > 0 else float('nan')
+    logging.info('step %d/%d (%.1f%%) | %.1f steps/s, %.0f examples/s | ETA %s',
+                 step, self._total, 100.0 * step / self._total, self._rate,
+                 self._rate * self._batch, _format_duration(eta) if eta == eta else '?')
+
+  def report(self, record: dict) -> None:
+    shown = ('epoch', 'train_loss', 'valid_error', 'test_loss', 'test_error')
+    logging.info('step %d | %s | elapsed %s', record['step'],
+                 ', '.join(f'{k} {record[k]:.4g}' for k in shown if record.get(k) is not None),
+                 _format_duration(record['elapsed_s']))

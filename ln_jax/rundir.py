@@ -1,0 +1,99 @@
+"""The run directory: config.json, metrics.jsonl, TensorBoard events and checkpoints/."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+
+import jax
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml_collections', 'absl-py',
+            'tensorflow-datasets', 'numpy', 'tensorboardX')
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """Writes through a temporary file and a rename, so readers never see half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.json')
+  os.chmod(tmp, 0o644)
+  with os.fdopen(fd, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+  versions = {'python': platform.python_version()}
+  for name in PACKAGES:
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  return versions
+
+
+def git_commit() -> str | None:
+  """The commit of the ln_jax code that runs, with '-dirty' for uncommitted changes."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
+                            text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return commit + ('-dirty' if dirty else '')
+
+
+def device_info() -> dict:
+  devices = jax.devices()
+  return {'backend': jax.default_backend(), 'count': len(devices),
+          'kind': devices[0].device_kind, 'platform': platform.platform()}
+
+
+def describe_run(config) -> dict:
+  """config.json's content: the resolved config plus what produced the run."""
+  return {'config': config.to_dict(), 'versions': package_versions(),
+          'git_commit': git_commit(), 'device': device_info()}
+
+
+def _finite_or_none(value):
+  return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+class MetricsWriter:
+  """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard."""
+
+  def __init__(self, workdir: str):
+    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+    self._path = os.path.join(workdir, METRICS_FILE)
+    self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+
+  def write(self, record: dict) -> None:
+    record = {k: _finite_or_none(v) for k, v in record.items()}
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+      f.flush()
+      os.fsync(f.fileno())
+    for key, value in record.items():
+      if key != 'step' and isinstance(value, (int, float)) and value is not None:
+        self._tb.add_scalar(key, value, global_step=record['step'])
+
+  def close(self) -> None:
+    self._tb.flush()
+    self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

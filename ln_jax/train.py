@@ -1,0 +1,270 @@
+"""Training and evaluation: pure step functions, fused multi-step calls, one visible loop.
+
+`train_step(state, batch) -> (state, metrics)` serves every normalizer: BatchNorm's running
+averages come back through the loss function's aux output (an empty collection for the others).
+`train_and_evaluate` keeps the dataset on the device, gathers each batch there from a seeded
+per-epoch permutation, and runs `config.steps_per_call` optimizer steps per compiled call with
+`lax.scan`; the step index alone fixes the data order, so the result does not depend on how steps
+are grouped into calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ln_jax import checkpoint
+from ln_jax import data as data_lib
+from ln_jax import models
+from ln_jax import rundir
+from ln_jax.errors import UserError
+from ln_jax.progress import Progress
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = flax.core.FrozenDict()
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+OPTIMIZERS = {
+    'adam': optax.adam,
+    'adamw': optax.adamw,
+    'sgd': optax.sgd,
+    'momentum': lambda lr: optax.sgd(lr, momentum=0.9),
+    'rmsprop': optax.rmsprop,
+}
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  if config.optimizer == 'adamw':
+    tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+  else:
+    tx = OPTIMIZERS[config.optimizer](config.learning_rate)
+  if config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx
+
+
+def preprocess(images):
+  """uint8 pixels (kept that way on the device: 4x less memory and gather traffic) to [0, 1]."""
+  return jnp.asarray(images, jnp.float32) / 255.0
+
+
+def create_train_state(config, model, key, example_images) -> TrainState:
+  variables = model.init(key, preprocess(example_images), train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                           tx=make_optimizer(config),
+                           batch_stats=variables.get('batch_stats', flax.core.FrozenDict()))
+
+
+def _variables(state, params):
+  variables = {'params': params}
+  if state.batch_stats:
+    variables['batch_stats'] = state.batch_stats
+  return variables
+
+
+def _loss_and_errors(logits, labels):
+  """Per-example negative log-likelihood and 0/1 error."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return nll, (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  """One optimizer step on `batch` ({'image': uint8 [B, ...], 'label': int [B]})."""
+  def loss_fn(params):
+    logits, updates = state.apply_fn(_variables(state, params), preprocess(batch['image']),
+                                     train=True, mutable=['batch_stats'])
+    nll, errors = _loss_and_errors(logits, batch['label'])
+    return jnp.mean(nll), (jnp.mean(errors), updates)
+
+  (loss, (error, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads,
+                                batch_stats=updates.get('batch_stats', state.batch_stats))
+  return state, {'loss': loss, 'error': error}
+
+
+def epoch_order(data_key, epoch, num_examples: int):
+  """The seeded order in which epoch `epoch` visits the training set."""
+  return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
+
+
+@functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size'), donate_argnums=(0,))
+def train_steps(state, images, labels, order, position, *, num_steps: int, batch_size: int):
+  """`num_steps` optimizer steps, batch i taken from `order` at (position + i) * batch_size.
+
+  Returns the new state and the summed loss and error over the steps.
+  """
+  def body(state, i):
+    idx = jax.lax.dynamic_slice_in_dim(order, (position + i) * batch_size, batch_size)
+    state, metrics = train_step(state, {'image': images[idx], 'label': labels[idx]})
+    return state, metrics
+
+  state, metrics = jax.lax.scan(body, state, jnp.arange(num_steps))
+  return state, jax.tree.map(jnp.sum, metrics)
+
+
+@functools.partial(jax.jit, static_argnames=('batch_size',))
+def evaluate(state, images, labels, *, batch_size: int):
+  """Mean NLL and error over a whole split, in compiled batches (the last one wraps around and
+  its repeated examples are masked out of the means)."""
+  n = labels.shape[0]
+  num_batches = -(-n // batch_size)
+  idx = jnp.arange(num_batches * batch_size)
+  weights = (idx < n).astype(jnp.float32).reshape(num_batches, batch_size)
+  idx = (idx % n).reshape(num_batches, batch_size)
+
+  def body(totals, xs):
+    batch_idx, batch_weights = xs
+    logits = state.apply_fn(_variables(state, state.params), preprocess(images[batch_idx]),
+                            train=False)
+    nll, errors = _loss_and_errors(logits, labels[batch_idx])
+    return (totals[0] + jnp.sum(nll * batch_weights),
+            totals[1] + jnp.sum(errors * batch_weights)), None
+
+  (nll_sum, error_sum), _ = jax.lax.scan(body, (0.0, 0.0), (idx, weights))
+  return {'loss': nll_sum / n, 'error': error_sum / n}
+
+
+class Schedule:
+  """Step arithmetic for a run: epochs, evaluation points and the size of each fused call."""
+
+  def __init__(self, config, num_train: int):
+    self.steps_per_epoch = num_train // config.batch_size
+    self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
+    self.eval_every = max(1, round(config.eval_every_epochs * self.steps_per_epoch))
+    self.steps_per_call = config.steps_per_call
+
+  def next_chunk(self, step: int) -> int:
+    """Steps to fuse from `step`: stop at an evaluation, an epoch end or the run's end."""
+    next_eval = (step // self.eval_every + 1) * self.eval_every
+    epoch_end = (step // self.steps_per_epoch + 1) * self.steps_per_epoch
+    return min(self.steps_per_call, next_eval - step, epoch_end - step, self.total_steps - step)
+
+  def is_eval_step(self, step: int) -> bool:
+    return step % self.eval_every == 0 or step == self.total_steps
+
+
+def check_config(config, num_train: int | None = None) -> None:
+  """Rejects impossible values with one line that names the key and the fix."""
+  from ln_jax import norms  # local: norms imports nothing from here, but keep the graph obvious
+  checks = [
+      (config.norm in norms.NORMS, f'unknown norm {config.norm!r}; choose one of '
+                                   f'{", ".join(norms.NORMS)}'),
+      (config.optimizer in OPTIMIZERS, f'unknown optimizer {config.optimizer!r}; choose one of '
+                                       f'{", ".join(OPTIMIZERS)}'),
+      (config.model.name in models.MODELS, f'unknown model.name {config.model.name!r}; choose '
+                                           f'one of {", ".join(models.MODELS)}'),
+      (config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive'),
+      (config.batch_size > 0, f'batch_size={config.batch_size} must be positive'),
+      (config.num_epochs > 0, f'num_epochs={config.num_epochs} must be positive'),
+      (config.eval_every_epochs > 0,
+       f'eval_every_epochs={config.eval_every_epochs} must be positive'),
+      (config.eval_batch_size > 0, f'eval_batch_size={config.eval_batch_size} must be positive'),
+      (config.steps_per_call > 0, f'steps_per_call={config.steps_per_call} must be positive'),
+      (config.norm_epsilon >= 0, f'norm_epsilon={config.norm_epsilon} must be >= 0'),
+      (0 <= config.bn_momentum < 1, f'bn_momentum={config.bn_momentum} must be in [0, 1)'),
+      (config.bn_eval_stats in ('running', 'batch'),
+       f"bn_eval_stats={config.bn_eval_stats!r} must be 'running' or 'batch'"),
+      (config.data.source in data_lib.SOURCES, f'unknown data.source {config.data.source!r}; '
+                                               f'choose one of {", ".join(data_lib.SOURCES)}'),
+      (config.dtype in ('float32', 'bfloat16', 'float16'),
+       f"dtype={config.dtype!r} must be 'float32', 'bfloat16' or 'float16'"),
+  ]
+  if config.model.name == 'mlp':
+    checks.append((config.model.activation in models.ACTIVATIONS,
+                   f'unknown model.activation {config.model.activation!r}; choose one of '
+                   f'{", ".join(models.ACTIVATIONS)}'))
+  if num_train is not None:
+    checks.append((config.batch_size <= num_train,
+                   f'batch_size={config.batch_size} is larger than the {num_train} training '
+                   'examples; lower it'))
+  for ok, message in checks:
+    if not ok:
+      raise UserError(message)
+
+
+def _to_float(tree) -> dict:
+  return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` into `workdir` and returns the last evaluation's metrics."""
+  check_config(config)
+  splits = data_lib.load_splits(config.data, config.seed)
+  check_config(config, num_train=len(splits['train']))
+  schedule = Schedule(config, len(splits['train']))
+  eval_batch = {
+      'train': config.batch_size,
+      'eval': config.batch_size if config.bn_eval_stats == 'batch' else config.eval_batch_size}
+
+  rundir.write_json_atomic(f'{workdir}/{rundir.CONFIG_FILE}', rundir.describe_run(config))
+  writer = rundir.MetricsWriter(workdir)
+  ckpt = checkpoint.manager(workdir, config.checkpoint_keep)
+
+  init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  model = models.create_model(config)
+  train_images = jax.device_put(splits['train'].images)
+  train_labels = jax.device_put(splits['train'].labels)
+  eval_sets = {name: (jax.device_put(s.images), jax.device_put(s.labels))
+               for name, s in splits.items() if name != 'train' and len(s)}
+  state = create_train_state(config, model, init_key, splits['train'].images[:1])
+  logging.info('%s: %d parameters; %d steps (%d per epoch), evaluation every %d steps',
+               config.model.name,
+               sum(np.size(p) for p in jax.tree.leaves(state.params)),
+               schedule.total_steps, schedule.steps_per_epoch, schedule.eval_every)
+
+  progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds)
+  step, order, order_epoch = 0, None, -1
+  window = {'loss': 0.0, 'error': 0.0}
+  window_steps, window_start, last = 0, time.time(), {}
+  while step < schedule.total_steps:
+    epoch = step // schedule.steps_per_epoch
+    if epoch != order_epoch:
+      order, order_epoch = epoch_order(data_key, epoch, len(splits['train'])), epoch
+    num_steps = schedule.next_chunk(step)
+    state, sums = train_steps(state, train_images, train_labels, order,
+                              step - epoch * schedule.steps_per_epoch,
+                              num_steps=num_steps, batch_size=config.batch_size)
+    window = jax.tree.map(jnp.add, window, sums)
+    window_steps += num_steps
+    step += num_steps
+    progress.update(step, sums)
+    if schedule.is_eval_step(step):
+      train_metrics = _to_float(window)  # waits for the device
+      train_seconds = time.time() - window_start
+      record = {'step': step, 'epoch': step / schedule.steps_per_epoch,
+                'train_loss': train_metrics['loss'] / window_steps,
+                'train_error': train_metrics['error'] / window_steps}
+      if not math.isfinite(record['train_loss']):
+        writer.close()
+        raise TrainingDiverged(
+            f'the training loss became non-finite between steps {step - window_steps} and '
+            f'{step}; lower learning_rate (now {config.learning_rate}) or clip gradients')
+      for name, (images, labels) in eval_sets.items():
+        metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch['eval']))
+        record[f'{name}_loss'], record[f'{name}_error'] = metrics['loss'], metrics['error']
+      record['elapsed_s'] = progress.elapsed()
+      record['steps_per_s'] = window_steps / train_seconds
+      writer.write(record)
+      progress.report(record)
+      last = record
+      window, window_steps, window_start = {'loss': 0.0, 'error': 0.0}, 0, time.time()
+
+  checkpoint.save(ckpt, step, {'step': state.step, 'params': state.params,
+                               'opt_state': state.opt_state, 'batch_stats': state.batch_stats})
+  writer.close()
+  return last
