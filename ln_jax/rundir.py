@@ -14,6 +14,7 @@ import jax
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
+SUMMARY_FILE = 'summary.json'  # written last: its presence means the run finished
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml_collections', 'absl-py',
             'tensorflow-datasets', 'numpy', 'tensorboardX')
 
@@ -97,3 +98,7 @@ def read_metrics(workdir: str) -> list[dict]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def is_complete(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, SUMMARY_FILE))

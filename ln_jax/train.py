@@ -267,4 +267,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   checkpoint.save(ckpt, step, {'step': state.step, 'params': state.params,
                                'opt_state': state.opt_state, 'batch_stats': state.batch_stats})
   writer.close()
+  rundir.write_json_atomic(f'{workdir}/{rundir.SUMMARY_FILE}',
+                           {'final': last, 'total_steps': schedule.total_steps})
   return last
