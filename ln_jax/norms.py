@@ -29,27 +29,45 @@ def _axes_tuple(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
   return tuple(sorted(a % ndim for a in axes))
 
 
-def moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False):
-  """Float32 mean and biased variance of `x` over `axes`, keeping dims.
+def _weighted_mean(x, axes, mask):
+  """(mean function over `axes`, count); `mask` (1 = real entry) leaves padding out."""
+  if mask is None:
+    count = jnp.asarray(functools.reduce(lambda n, a: n * x.shape[a], axes, 1), jnp.float32)
+    return (lambda v: jnp.mean(v, axes, keepdims=True)), count
+  weights = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), x.shape)
+  count = jnp.sum(weights, axes, keepdims=True)
+  safe_count = jnp.maximum(count, 1.0)
+  return (lambda v: jnp.sum(v * weights, axes, keepdims=True) / safe_count), count
 
+
+def centered_moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False):
+  """Float32 statistics of `x` over `axes` as (centered, mean, var, count), keeping dims.
+
+  `centered` is x - mean computed without rounding the mean to x's magnitude first: the
+  default two-pass variance works on x shifted by its first entry along `axes`, which is exact
+  for nearby float32 values, so a mean of 1e4 with a spread of 1e-2 keeps its precision.
+  `use_fast_variance` is the one-pass E[x^2] - E[x]^2 on raw data, which loses it.
   `mask` (broadcastable to `x`, 1 for real entries) leaves padded entries out of the statistics.
-  Returns (mean, var, count) where count is the number of entries each statistic averaged.
   """
   x = jnp.asarray(x, jnp.float32)
-  if mask is None:
-    count = jnp.asarray(
-        functools.reduce(lambda n, a: n * x.shape[a], axes, 1), jnp.float32)
-    mean_fn = lambda v: jnp.mean(v, axes, keepdims=True)
-  else:
-    weights = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), x.shape)
-    count = jnp.sum(weights, axes, keepdims=True)
-    safe_count = jnp.maximum(count, 1.0)
-    mean_fn = lambda v: jnp.sum(v * weights, axes, keepdims=True) / safe_count
-  mean = mean_fn(x)
+  mean_fn, count = _weighted_mean(x, axes, mask)
   if use_fast_variance:
+    mean = mean_fn(x)
     var = jnp.maximum(mean_fn(jnp.square(x)) - jnp.square(mean), 0.0)
-  else:
-    var = mean_fn(jnp.square(x - mean))
+    return x - mean, mean, var, count
+  shift = x
+  for axis in axes:
+    shift = lax.slice_in_dim(shift, 0, 1, axis=axis)
+  shifted = x - lax.stop_gradient(shift)
+  shifted_mean = mean_fn(shifted)
+  centered = shifted - shifted_mean
+  return centered, shift + shifted_mean, mean_fn(jnp.square(centered)), count
+
+
+def moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False):
+  """Float32 (mean, biased variance, count) of `x` over `axes`, keeping dims."""
+  _, mean, var, count = centered_moments(x, axes, mask=mask,
+                                         use_fast_variance=use_fast_variance)
   return mean, var, count
 
 
@@ -81,8 +99,8 @@ class LayerNorm(nn.Module):
   def __call__(self, x, mask=None):
     del mask  # statistics are per example: padding elsewhere cannot reach them
     axes = _axes_tuple(self.reduction_axes, x.ndim)
-    mean, var, _ = moments(x, axes, use_fast_variance=self.use_fast_variance)
-    y = (jnp.asarray(x, jnp.float32) - mean) * lax.rsqrt(var + self.epsilon)
+    centered, _, var, _ = centered_moments(x, axes, use_fast_variance=self.use_fast_variance)
+    y = centered * lax.rsqrt(var + self.epsilon)
     param_shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
     param_shape = param_shape[min(axes):]
     y = _affine(self, y, param_shape, self.use_scale, self.use_bias, self.scale_init,
@@ -124,8 +142,9 @@ class BatchNorm(nn.Module):
 
     if use_running_average:
       mean, var = running_mean.value, running_var.value
+      centered = jnp.asarray(x, jnp.float32) - mean
     else:
-      mean, var, count = moments(
+      centered, mean, var, count = centered_moments(
           x, axes, mask=None if mask is None else mask[..., None],
           use_fast_variance=self.use_fast_variance)
       if self.axis_name is not None:
@@ -134,6 +153,7 @@ class BatchNorm(nn.Module):
         mean = lax.pmean(mean, self.axis_name)
         var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
         count = lax.psum(count, self.axis_name)
+        centered = jnp.asarray(x, jnp.float32) - mean
       mean, var, count = (jnp.reshape(v, (-1,)) for v in (mean, var, count))
       if self.unbiased_variance:
         var = var * count / jnp.maximum(count - 1.0, 1.0)
@@ -142,7 +162,7 @@ class BatchNorm(nn.Module):
         running_mean.value = m * running_mean.value + (1.0 - m) * mean
         running_var.value = m * running_var.value + (1.0 - m) * var
 
-    y = (jnp.asarray(x, jnp.float32) - mean) * lax.rsqrt(var + self.epsilon)
+    y = centered * lax.rsqrt(var + self.epsilon)
     y = _affine(self, y, (features,), self.use_scale, self.use_bias, self.scale_init,
                 self.bias_init, self.param_dtype)
     return y.astype(x.dtype)
