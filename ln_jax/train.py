@@ -26,6 +26,7 @@ import optax
 from ln_jax import checkpoint
 from ln_jax import data as data_lib
 from ln_jax import models
+from ln_jax import parallel
 from ln_jax import rundir
 from ln_jax.errors import UserError
 from ln_jax.progress import Progress
@@ -102,23 +103,38 @@ def epoch_order(data_key, epoch, num_examples: int):
   return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
 
-@functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size'), donate_argnums=(0,))
-def train_steps(state, images, labels, order, position, *, num_steps: int, batch_size: int):
+def zero_totals() -> dict:
+  """The running sums `train_steps` adds to, before the first step of a window."""
+  return {'loss': jnp.zeros((), jnp.float32), 'error': jnp.zeros((), jnp.float32)}
+
+
+@functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size', 'mesh'),
+                   donate_argnums=(0,))
+def train_steps(state, images, labels, order, position, totals=None, *, num_steps: int,
+                batch_size: int, mesh=None):
   """`num_steps` optimizer steps, batch i taken from `order` at (position + i) * batch_size.
 
-  Returns the new state and the summed loss and error over the steps.
+  Returns the new state and `totals` (default: zeros) with each step's loss and error added in
+  step order, so the sums, not only the state, are the same however the steps are grouped into
+  calls. With a `mesh` (see `parallel`), each batch is split over its devices.
   """
-  def body(state, i):
+  if totals is None:
+    totals = zero_totals()
+
+  def body(carry, i):
+    state, totals = carry
     idx = jax.lax.dynamic_slice_in_dim(order, (position + i) * batch_size, batch_size)
+    idx = parallel.shard_batch(idx, mesh)
     state, metrics = train_step(state, {'image': images[idx], 'label': labels[idx]})
-    return state, metrics
+    state = parallel.keep_replicated(state, mesh)
+    return (state, jax.tree.map(jnp.add, totals, metrics)), None
 
-  state, metrics = jax.lax.scan(body, state, jnp.arange(num_steps))
-  return state, jax.tree.map(jnp.sum, metrics)
+  (state, totals), _ = jax.lax.scan(body, (state, totals), jnp.arange(num_steps))
+  return state, totals
 
 
-@functools.partial(jax.jit, static_argnames=('batch_size',))
-def evaluate(state, images, labels, *, batch_size: int):
+@functools.partial(jax.jit, static_argnames=('batch_size', 'mesh'))
+def evaluate(state, images, labels, *, batch_size: int, mesh=None):
   """Mean NLL and error over a whole split, in compiled batches (the last one wraps around and
   its repeated examples are masked out of the means)."""
   n = labels.shape[0]
@@ -129,6 +145,7 @@ def evaluate(state, images, labels, *, batch_size: int):
 
   def body(totals, xs):
     batch_idx, batch_weights = xs
+    batch_idx = parallel.shard_batch(batch_idx, mesh)
     logits = state.apply_fn(_variables(state, state.params), preprocess(images[batch_idx]),
                             train=False)
     nll, errors = _loss_and_errors(logits, labels[batch_idx])
@@ -188,6 +205,14 @@ def check_config(config, num_train: int | None = None) -> None:
     checks.append((config.model.activation in models.ACTIVATIONS,
                    f'unknown model.activation {config.model.activation!r}; choose one of '
                    f'{", ".join(models.ACTIVATIONS)}'))
+  ghost_batches = config.get('bn_ghost_batches', 1)
+  checks += [
+      (config.get('num_devices', 0) >= 0,
+       f'num_devices={config.get("num_devices")} must be >= 0 (0: all devices)'),
+      (ghost_batches >= 1 and config.batch_size % ghost_batches == 0,
+       f'bn_ghost_batches={ghost_batches} must be >= 1 and divide batch_size='
+       f'{config.batch_size}'),
+  ]
   if num_train is not None:
     checks.append((config.batch_size <= num_train,
                    f'batch_size={config.batch_size} is larger than the {num_train} training '
@@ -207,9 +232,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   splits = data_lib.load_splits(config.data, config.seed)
   check_config(config, num_train=len(splits['train']))
   schedule = Schedule(config, len(splits['train']))
+  mesh = parallel.make_mesh(config.get('num_devices', 0))
+  parallel.check_divisible(config.batch_size, mesh)
   eval_batch = {
       'train': config.batch_size,
-      'eval': config.batch_size if config.bn_eval_stats == 'batch' else config.eval_batch_size}
+      'eval': config.batch_size if config.bn_eval_stats == 'batch'
+              else parallel.round_up(config.eval_batch_size, mesh)}  # padding is masked out
 
   rundir.write_json_atomic(f'{workdir}/{rundir.CONFIG_FILE}', rundir.describe_run(config))
   writer = rundir.MetricsWriter(workdir)
@@ -217,32 +245,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   model = models.create_model(config)
-  train_images = jax.device_put(splits['train'].images)
-  train_labels = jax.device_put(splits['train'].labels)
-  eval_sets = {name: (jax.device_put(s.images), jax.device_put(s.labels))
+  train_images, train_labels = parallel.replicate(splits['train'], mesh)
+  eval_sets = {name: parallel.replicate(s, mesh)
                for name, s in splits.items() if name != 'train' and len(s)}
   state = create_train_state(config, model, init_key, splits['train'].images[:1])
+  state = parallel.replicate(state, mesh)
   logging.info('%s: %d parameters; %d steps (%d per epoch), evaluation every %d steps',
                config.model.name,
                sum(np.size(p) for p in jax.tree.leaves(state.params)),
                schedule.total_steps, schedule.steps_per_epoch, schedule.eval_every)
+  logging.info('data parallel over %d device(s): %s', mesh.size, mesh.devices.tolist())
 
   progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds)
   step, order, order_epoch = 0, None, -1
-  window = {'loss': 0.0, 'error': 0.0}
+  window = zero_totals()
   window_steps, window_start, last = 0, time.time(), {}
   while step < schedule.total_steps:
     epoch = step // schedule.steps_per_epoch
     if epoch != order_epoch:
-      order, order_epoch = epoch_order(data_key, epoch, len(splits['train'])), epoch
+      order = parallel.replicate(epoch_order(data_key, epoch, len(splits['train'])), mesh)
+      order_epoch = epoch
     num_steps = schedule.next_chunk(step)
-    state, sums = train_steps(state, train_images, train_labels, order,
-                              step - epoch * schedule.steps_per_epoch,
-                              num_steps=num_steps, batch_size=config.batch_size)
-    window = jax.tree.map(jnp.add, window, sums)
+    state, window = train_steps(state, train_images, train_labels, order,
+                                step - epoch * schedule.steps_per_epoch, window,
+                                num_steps=num_steps, batch_size=config.batch_size, mesh=mesh)
     window_steps += num_steps
     step += num_steps
-    progress.update(step, sums)
+    progress.update(step, window)
     if schedule.is_eval_step(step):
       train_metrics = _to_float(window)  # waits for the device
       train_seconds = time.time() - window_start
@@ -255,14 +284,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f'the training loss became non-finite between steps {step - window_steps} and '
             f'{step}; lower learning_rate (now {config.learning_rate}) or clip gradients')
       for name, (images, labels) in eval_sets.items():
-        metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch['eval']))
+        metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch['eval'],
+                                     mesh=mesh))
         record[f'{name}_loss'], record[f'{name}_error'] = metrics['loss'], metrics['error']
       record['elapsed_s'] = progress.elapsed()
       record['steps_per_s'] = window_steps / train_seconds
       writer.write(record)
       progress.report(record)
       last = record
-      window, window_steps, window_start = {'loss': 0.0, 'error': 0.0}, 0, time.time()
+      window, window_steps, window_start = zero_totals(), 0, time.time()
 
   checkpoint.save(ckpt, step, {'step': state.step, 'params': state.params,
                                'opt_state': state.opt_state, 'batch_stats': state.batch_stats})
