@@ -31,7 +31,12 @@ BATCH_AXIS = 'batch'
 def initialize_distributed() -> None:
   """Joins the multi-process job the environment describes (once per process)."""
   if not jax.distributed.is_initialized():
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      raise UserError(f'cannot join a multi-process job ({str(e).rstrip(".")}); run under a '
+                      'cluster manager or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and '
+                      'JAX_PROCESS_ID') from None
   logging.info('process %d of %d; %d local and %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 

@@ -103,9 +103,14 @@ def epoch_order(data_key, epoch, num_examples: int):
   return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
 
-def zero_totals() -> dict:
-  """The running sums `train_steps` adds to, before the first step of a window."""
-  return {'loss': jnp.zeros((), jnp.float32), 'error': jnp.zeros((), jnp.float32)}
+def zero_totals(mesh=None) -> dict:
+  """The running sums `train_steps` adds to, before the first step of a window.
+
+  With a mesh they are placed as `train_steps` returns them, so the next call reuses the same
+  compiled program.
+  """
+  totals = {'loss': jnp.zeros((), jnp.float32), 'error': jnp.zeros((), jnp.float32)}
+  return totals if mesh is None else parallel.replicate(totals, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size', 'mesh'),
@@ -258,7 +263,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds)
   step, order, order_epoch = 0, None, -1
-  window = zero_totals()
+  window = zero_totals(mesh)
   window_steps, window_start, last = 0, time.time(), {}
   while step < schedule.total_steps:
     epoch = step // schedule.steps_per_epoch
@@ -292,7 +297,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       writer.write(record)
       progress.report(record)
       last = record
-      window, window_steps, window_start = zero_totals(), 0, time.time()
+      window, window_steps, window_start = zero_totals(mesh), 0, time.time()
 
   checkpoint.save(ckpt, step, {'step': state.step, 'params': state.params,
                                'opt_state': state.opt_state, 'batch_stats': state.batch_stats})
