@@ -15,7 +15,7 @@ from ln_jax import data
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
-  config.norm = 'layer'                     # 'layer' | 'batch' | 'none'
+  config.norm = 'layer'                     # 'layer' | 'batch' | 'rms' | 'weight' | 'none'
   config.norm_logits = ml_collections.config_dict.placeholder(bool)  # None: paper's placement
   config.norm_epsilon = 1e-5                # inside the sqrt; the paper's original code value
   config.norm_fast_variance = False         # one-pass variance (loses precision at large means)

@@ -65,5 +65,6 @@ def create_model(config) -> nn.Module:
                activation=ACTIVATIONS[config.model.activation],
                norm=norms.make_norm(config),
                norm_logits=norm_logits,
+               dense=norms.make_dense(config),  # every layer, logits too, for norm='weight'
                dtype=jnp.dtype(config.dtype))
   raise ValueError(f'unknown model {name!r}; choose mlp')
