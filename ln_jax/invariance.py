@@ -106,7 +106,7 @@ TRANSFORMS = {
 }
 
 _T, _F = True, False
-# Invariant (True) or not, in TRANSFORMS order, with where each row comes from.
+# Invariant (True) or No per cell, in TRANSFORMS order; SOURCES says where each row is from.
 EXPECTED = {
     'batch': (_T, _F, _T, _T, _T, _F),
     'weight': (_T, _F, _T, _F, _F, _F),

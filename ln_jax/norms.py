@@ -222,8 +222,7 @@ class WeightNormDense(nn.Module):
   def __call__(self, x):
     kernel = self.param('kernel', self.kernel_init, (jnp.shape(x)[-1], self.features),
                         self.param_dtype)
-    column_norm = lambda v: jnp.sqrt(jnp.sum(jnp.square(v), axis=0))
-    scale = self.param('scale', lambda _: column_norm(kernel))
+    scale = self.param('scale', lambda _: jnp.linalg.norm(kernel, axis=0))
     v = jnp.asarray(kernel, stats_dtype(kernel))
     w = v * (scale * lax.rsqrt(jnp.sum(jnp.square(v), axis=0)))
     dtype = self.dtype or jnp.result_type(x, self.param_dtype)
