@@ -22,11 +22,11 @@ def prepare_workdir(workdir: str) -> None:
                     'another --workdir')
 
 
-def run(main) -> None:
+def run(main, flags_parser=app.parse_flags_with_usage) -> None:
   """`absl.app.run(main)`, turning a UserError anywhere (config parsing included) into one
   line on stderr and exit status 2."""
   try:
-    app.run(main)
+    app.run(main, flags_parser=flags_parser)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
