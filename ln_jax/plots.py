@@ -13,6 +13,7 @@ import numpy as np
 from ln_jax import compare
 
 TRAIN_LOSS = 'train_loss'
+METHOD_COLORS = {'Baseline': 'black', 'BatchNorm': 'tab:blue', 'LayerNorm': 'tab:red'}
 ROW_TITLES = {'train_loss': 'training NLL', 'test_error': 'test error',
               'valid_error': 'validation error', 'test_loss': 'test NLL'}
 
@@ -36,7 +37,8 @@ def learning_curves(groups: dict[tuple, list], keys: tuple[str, ...], panel_key:
   panels = list(dict.fromkeys(v[panel_index] if panel_index is not None else None
                               for v in groups))
   labels = list(dict.fromkeys(curve_label(keys, v, panel_key) for v in groups))
-  colors = {name: plt.get_cmap('tab10')(i % 10) for i, name in enumerate(labels)}
+  colors = {name: METHOD_COLORS.get(name, plt.get_cmap('tab10')(i % 10))
+            for i, name in enumerate(labels)}
   metrics = list(dict.fromkeys((TRAIN_LOSS, metric)))
   fig, axes = plt.subplots(len(metrics), len(panels), squeeze=False, sharex='col',
                            figsize=(4.8 * len(panels), 3.4 * len(metrics)))

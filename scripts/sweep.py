@@ -42,12 +42,13 @@ def main(argv):
   if extra:
     raise app.UsageError(f'unexpected arguments: {" ".join(extra)}')
   from ln_jax import sweep
+  from ln_jax import sweep_runner
   common = sweep.parse_common_overrides([a for a in argv[1:] if a.startswith('--config.')])
+  shard = sweep.parse_shard(_SHARD.value)
   experiment = sweep.load_experiment(_EXPERIMENT.value)
   cli.prepare_workdir(_WORKDIR.value)
-  sweep.run_sweep(experiment, _WORKDIR.value, common, parallel=_PARALLEL.value,
-                  shard=sweep.parse_shard(_SHARD.value), only=_ONLY.value,
-                  vmap_seeds=_VMAP_SEEDS.value)
+  sweep_runner.run_sweep(experiment, _WORKDIR.value, common, parallel=_PARALLEL.value,
+                         shard=shard, only=_ONLY.value, vmap_seeds=_VMAP_SEEDS.value)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import pytest
 from ln_jax import compare
 from ln_jax import rundir
 from ln_jax import sweep
+from ln_jax import sweep_runner
 from ln_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,7 @@ def sweep_dir(tmp_path_factory):
   (root / 'experiment.py').write_text(EXPERIMENT)
   workdir = str(root / 'sweep')
   os.makedirs(workdir)
-  sweep.run_sweep(sweep.load_experiment(str(root / 'experiment.py')), workdir, {},
+  sweep_runner.run_sweep(sweep.load_experiment(str(root / 'experiment.py')), workdir, {},
                   vmap_seeds=True)
   return workdir
 

@@ -13,7 +13,7 @@ import pytest
 
 from ln_jax import rundir
 from ln_jax import sweep
-from ln_jax import train
+from ln_jax import sweep_runner
 from ln_jax import vmap_seeds
 from ln_jax.errors import UserError
 
@@ -28,7 +28,7 @@ def members(arg=None):
            'steps_per_call': 9, 'learning_rate': 3e-3}
           for norm in NORMS[arg] for seed in (0, 1)]
 
-NORMS = {None: ('layer', 'batch'), 'one': ('layer',)}
+NORMS = {None: ('layer', 'batch'), 'one': ('batch',)}
 '''
 
 
@@ -83,46 +83,40 @@ def test_shards_partition_the_members():
     sweep.select(members, only=['x'])
 
 
-def _mtime(path):
-  return os.stat(path).st_mtime_ns
-
-
-def _interrupt(run_dir):
-  """Leaves `run_dir` as a run killed after its first evaluation would."""
-  os.remove(os.path.join(run_dir, rundir.SUMMARY_FILE))
-  shutil.rmtree(os.path.join(run_dir, 'checkpoints'))
-  with open(os.path.join(run_dir, rundir.METRICS_FILE)) as f:
-    first = f.readline()
-  with open(os.path.join(run_dir, rundir.METRICS_FILE), 'w') as f:
-    f.write(first)
-
-
-def test_sweep_skips_finished_members_and_reruns_unfinished(experiment_file, tmp_path):
-  workdir = str(tmp_path / 'sweep')
+@pytest.fixture(scope='module')
+def batch_sweep(tmp_path_factory):
+  """Two BatchNorm seeds swept as a cluster job array would, then the whole sweep re-run after
+  one member was interrupted before its first evaluation."""
+  root = tmp_path_factory.mktemp('sweep')
+  (root / 'experiment.py').write_text(EXPERIMENT)
+  experiment = sweep.load_experiment(str(root / 'experiment.py') + ':one')
+  workdir = str(root / 'sweep')
   os.makedirs(workdir)
-  experiment = sweep.load_experiment(experiment_file + ':one')
+  sweep_runner.run_sweep(experiment, workdir, {}, shard=(1, 2))
+  after_shard = [rundir.is_complete(os.path.join(workdir, m.name)) for m in experiment.members]
+  interrupted = os.path.join(workdir, experiment.members[0].name)
+  os.makedirs(interrupted)
+  shutil.copy(os.path.join(workdir, experiment.members[1].name, rundir.CONFIG_FILE), interrupted)
+  summary = os.path.join(workdir, experiment.members[1].name, rundir.SUMMARY_FILE)
+  before = os.stat(summary).st_mtime_ns
+  sweep_runner.run_sweep(experiment, workdir, {})
+  return {'experiment': experiment, 'workdir': workdir, 'after_shard': after_shard,
+          'untouched': os.stat(summary).st_mtime_ns == before}
+
+
+def test_sweep_runs_its_shard_then_only_unfinished_members(batch_sweep):
+  experiment, workdir = batch_sweep['experiment'], batch_sweep['workdir']
   names = [m.name for m in experiment.members]
   assert names == ['seed-0', 'seed-1']
-
-  sweep.run_sweep(experiment, workdir, {}, shard=(1, 2))
-  assert [rundir.is_complete(os.path.join(workdir, n)) for n in names] == [False, True]
+  assert batch_sweep['after_shard'] == [False, True]
+  assert all(rundir.is_complete(os.path.join(workdir, n)) for n in names)
+  assert batch_sweep['untouched']
   listed = json.load(open(os.path.join(workdir, sweep.SWEEP_FILE)))
   assert [m['name'] for m in listed['members']] == names
   assert listed['members'][1]['overrides'] == experiment.members[1].overrides
-
-  finished = _mtime(os.path.join(workdir, names[1], rundir.SUMMARY_FILE))
-  sweep.run_sweep(experiment, workdir, {})  # trains the other shard only
-  assert rundir.is_complete(os.path.join(workdir, names[0]))
-  assert _mtime(os.path.join(workdir, names[1], rundir.SUMMARY_FILE)) == finished
-
-  # The same command trains an interrupted member again and leaves the finished one alone.
-  _interrupt(os.path.join(workdir, names[0]))
-  sweep.run_sweep(experiment, workdir, {})
-  assert rundir.is_complete(os.path.join(workdir, names[0]))
-  assert _mtime(os.path.join(workdir, names[1], rundir.SUMMARY_FILE)) == finished
-
+  assert listed['common_overrides'] == {}
   with pytest.raises(UserError, match='another --workdir'):
-    sweep.run_sweep(experiment, workdir, {'learning_rate': '0.1'})
+    sweep_runner.run_sweep(experiment, workdir, {'learning_rate': '0.1'})
 
 
 def _run_script(*args):
@@ -148,18 +142,15 @@ def test_script_runs_members_in_parallel_processes(experiment_file, tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: unknown config key")
 
 
-def test_vmapped_seeds_match_separate_runs(experiment_file, tmp_path):
-  experiment = sweep.load_experiment(experiment_file)
+def test_vmapped_seeds_match_separate_runs(batch_sweep, tmp_path):
+  # BatchNorm: the running averages travel through the vmapped state too.
+  experiment, workdir = batch_sweep['experiment'], batch_sweep['workdir']
   base = sweep.load_base_config(experiment.base_config)
-  # Batch norm: running averages travel through the vmapped state too.
-  configs = [sweep.member_config(base, m, {}) for m in experiment.members[2:]]
-  separate, together = [], []
-  for i, config in enumerate(configs):
-    separate.append(str(tmp_path / f'separate{i}'))
-    together.append(str(tmp_path / f'together{i}'))
-    os.makedirs(separate[-1])
-    os.makedirs(together[-1])
-    train.train_and_evaluate(config, separate[-1])
+  configs = [sweep.member_config(base, m, {}) for m in experiment.members]
+  separate = [os.path.join(workdir, m.name) for m in experiment.members]
+  together = [str(tmp_path / m.name) for m in experiment.members]
+  for path in together:
+    os.makedirs(path)
   vmap_seeds.train_seeds(configs, together)
 
   for a, b in zip(separate, together):
