@@ -1,4 +1,4 @@
-"""Figure 6 of the LN paper: Baseline, BatchNorm and LayerNorm on permutation-invariant MNIST
+r"""Figure 6 of the LN paper: Baseline, BatchNorm and LayerNorm on permutation-invariant MNIST
 (784-1000-1000-10, Adam) at batch sizes 128 and 4.
 
   python scripts/sweep.py --experiment=experiments/fig6_pi_mnist.py:quick --workdir=/tmp/f6 \

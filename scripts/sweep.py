@@ -1,4 +1,4 @@
-"""Trains every member of an experiment, each into DIR/<member name>/; re-running skips finished
+r"""Trains every member of an experiment, each into DIR/<member name>/; re-running skips finished
 members and re-runs unfinished ones.
 
   python scripts/sweep.py --experiment=experiments/fig6_pi_mnist.py:quick --workdir=/tmp/f6 \
