@@ -34,7 +34,7 @@ def _unknown_key_message(error: BaseException) -> str:
   return message + '; see the config file for the valid names'
 
 
-def run(main) -> None:
+def run(main, flags_parser=app.parse_flags_with_usage) -> None:
   """`absl.app.run(main)`, printing one `error: ...` line on stderr and exiting with status 2
   for a UserError anywhere, and for a --config override that names no config field (which
   ml_collections reports as an AttributeError/KeyError while the flags are parsed)."""
@@ -46,7 +46,7 @@ def run(main) -> None:
     return main(argv)
 
   try:
-    app.run(main_after_parsing)
+    app.run(main_after_parsing, flags_parser=flags_parser)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
