@@ -14,6 +14,7 @@ import pytest
 
 from ln_jax import checkpoint
 from ln_jax import resume
+from ln_jax import resume_check
 from ln_jax import rundir
 from ln_jax import train
 from ln_jax.errors import Interrupted
@@ -46,16 +47,15 @@ def _tree(root: pathlib.Path) -> dict:
 
 @pytest.fixture(scope='module')
 def killed_and_resumed(tmp_path_factory) -> tuple[pathlib.Path, dict]:
-  """scripts/check_resume.py's subprocesses: one uninterrupted run, one killed with SIGKILL,
+  """resume_check's subprocesses of scripts/train.py: one uninterrupted run, one killed with SIGKILL,
   resumed, stopped with SIGTERM and resumed to the end."""
   workdir = tmp_path_factory.mktemp('check_resume')
-  check = _load(REPO / 'scripts' / 'check_resume.py', 'check_resume')
   with pytest.MonkeyPatch.context() as env:
     # Compile once for the four processes: the executables, and so the numbers, are the same.
     env.setenv('JAX_COMPILATION_CACHE_DIR', str(workdir / 'jax_cache'))
     env.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
     env.setenv('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
-    result = check.run_check([f'--config=configs/pi_mnist.py:{VARIANT}'], str(workdir / 'runs'),
+    result = resume_check.run_check([f'--config=configs/pi_mnist.py:{VARIANT}'], str(workdir / 'runs'),
                              signals=['KILL', 'TERM'], timeout=300)
   return workdir / 'runs', result
 
