@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,14 +57,24 @@ def _tree(root: pathlib.Path) -> dict:
           for p in sorted(root.rglob('*'))}
 
 
+def _pi_mnist_config(variant: str):
+  spec = importlib.util.spec_from_file_location('pi_mnist_config', REPO / 'configs/pi_mnist.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _config(variant: str):
+  # 20 steps per epoch, 40 in all: evaluations and checkpoints every 10 steps.
+  return _pi_mnist_config('tiny,data.valid_size=200,batch_size=20,num_epochs=2,steps_per_call=5,'
+                          'eval_every_epochs=0.5,checkpoint_every_epochs=0.5,' + variant)
+
+
 def _existing_run(workdir: pathlib.Path) -> pathlib.Path:
   """A workdir holding the start of a `tiny` run (norm=layer)."""
-  spec = importlib.util.spec_from_file_location('pi_mnist_config', REPO / 'configs/pi_mnist.py')
-  config_module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(config_module)
   workdir.mkdir()
   rundir.write_json_atomic(str(workdir / rundir.CONFIG_FILE),
-                           rundir.describe_run(config_module.get_config('tiny')))
+                           rundir.describe_run(_pi_mnist_config('tiny')))
   (workdir / rundir.METRICS_FILE).write_text('{"step": 16, "train_loss": 1.5}\n')
   return workdir
 
@@ -215,15 +224,6 @@ def poison_inputs(monkeypatch):
   yield poison
   monkeypatch.undo()
   train.train_steps.clear_cache()
-
-
-def _config(variant: str):
-  spec = importlib.util.spec_from_file_location('pi_mnist_config', REPO / 'configs/pi_mnist.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  # 20 steps per epoch, 40 in all: evaluations and checkpoints every 10 steps.
-  return module.get_config('tiny,data.valid_size=200,batch_size=20,num_epochs=2,steps_per_call=5,'
-                           'eval_every_epochs=0.5,checkpoint_every_epochs=0.5,' + variant)
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path, poison_inputs):
