@@ -33,7 +33,7 @@ flags.mark_flags_as_required(['experiment', 'workdir'])
 def _parse_flags(argv):
   """absl flags, plus the `--config.key=value` overrides, which go to main untouched."""
   overrides = [a for a in argv[1:] if a.startswith('--config.')]
-  rest = app.parse_flags_with_usage([a for a in argv if a not in overrides])
+  rest = cli.parse_flags([a for a in argv if a not in overrides])
   return rest + overrides
 
 
