@@ -31,6 +31,7 @@ import optax
 from ln_jax import checkpoint
 from ln_jax import data as data_lib
 from ln_jax import models
+from ln_jax import recurrent
 from ln_jax import resume
 from ln_jax import rundir
 from ln_jax.errors import Interrupted
@@ -81,7 +82,8 @@ def preprocess(images):
 
 
 def create_train_state(config, model, key, example_images) -> TrainState:
-  variables = model.init(key, preprocess(example_images), train=False)
+  # Compiled once as a whole: run op by op, every initializer would compile on its own.
+  variables = jax.jit(functools.partial(model.init, train=False))(key, preprocess(example_images))
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            tx=make_optimizer(config),
                            batch_stats=variables.get('batch_stats', flax.core.FrozenDict()),
@@ -258,6 +260,8 @@ def check_config(config, num_train: int | None = None) -> None:
     checks.append((config.model.activation in models.ACTIVATIONS,
                    f'unknown model.activation {config.model.activation!r}; choose one of '
                    f'{", ".join(models.ACTIVATIONS)}'))
+  if config.model.name == 'recurrent':
+    checks.extend(recurrent.config_checks(config))
   if num_train is not None:
     checks.append((config.batch_size <= num_train,
                    f'batch_size={config.batch_size} is larger than the {num_train} training '
