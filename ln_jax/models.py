@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ln_jax import norms
+from ln_jax import recurrent
 
-MODELS = ('mlp',)
+MODELS = ('mlp', 'recurrent')
 ACTIVATIONS = {
     'relu': nn.relu,
     'tanh': jnp.tanh,
@@ -65,5 +66,8 @@ def create_model(config) -> nn.Module:
                activation=ACTIVATIONS[config.model.activation],
                norm=norms.make_norm(config),
                norm_logits=norm_logits,
+               dense=norms.make_dense(config),  # every layer, logits too, for norm='weight'
                dtype=jnp.dtype(config.dtype))
-  raise ValueError(f'unknown model {name!r}; choose mlp')
+  if name == 'recurrent':
+    return recurrent.create_classifier(config)
+  raise ValueError(f'unknown model {name!r}; choose one of {", ".join(MODELS)}')

@@ -8,14 +8,17 @@ BatchNorm's `ghost_batches` option (config `bn_ghost_batches`) gives per-device 
 instead, when set to the number of devices.
 
 Multi-host: start the same command on every host with `--distributed` (scripts/train.py), which
-calls `jax.distributed.initialize()` before anything else touches JAX. The coordinator address,
-process count and process id come from the cluster environment (Slurm, Open MPI, Cloud TPU) or
-from the JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID variables.
+calls `jax.distributed.initialize()` before anything else touches JAX. JAX finds the coordinator
+address, process count and process id in the cluster environment (Slurm, Open MPI, Kubernetes,
+Cloud TPU); elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0, read by JAX) and
+JAX_NUM_PROCESSES and JAX_PROCESS_ID (read here) on every process.
 `jax.devices()` then lists the devices of every host, and the mesh spans them all; each process
 loads the same dataset with the same seed and contributes its own devices' shards.
 """
 
 from __future__ import annotations
+
+import os
 
 from absl import logging
 import jax
@@ -31,8 +34,11 @@ BATCH_AXIS = 'batch'
 def initialize_distributed() -> None:
   """Joins the multi-process job the environment describes (once per process)."""
   if not jax.distributed.is_initialized():
+    explicit = {key: int(os.environ[var]) for key, var in (('num_processes', 'JAX_NUM_PROCESSES'),
+                                                           ('process_id', 'JAX_PROCESS_ID'))
+                if os.environ.get(var, '').strip().isdigit()}
     try:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**explicit)
     except (ValueError, RuntimeError) as e:
       raise UserError(f'cannot join a multi-process job ({str(e).rstrip(".")}); run under a '
                       'cluster manager or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and '

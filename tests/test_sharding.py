@@ -1,4 +1,4 @@
-"""Data parallelism: the same run on 1 and 4 (forced host) devices, ghost BatchNorm, clear errors."""
+"""Data parallelism: one run on 1 and 4 (forced host) devices, ghost BatchNorm, clear errors."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def layer_norm_contenders(include_torch: bool) -> list[str]:
 
 def measure_layer_norm(rows: int, features: int, contenders: list[str],
                        epsilon: float = norms.DEFAULT_EPSILON, repeats: int = 5) -> list[dict]:
-  """One row per contender: seconds per forward+backward call and GB/s on float32 [rows, features]."""
+  """One row per contender: seconds per forward+backward call, GB/s on float32 [rows, features]."""
   x = jax.random.normal(jax.random.PRNGKey(2), (rows, features), jnp.float32)
   nbytes = 5 * x.size * 4
   calls = {

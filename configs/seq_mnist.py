@@ -1,0 +1,93 @@
+"""Sequential MNIST with recurrent networks: LN-LSTM (LN paper), BN-LSTM (Cooijmans et al.), LSTM.
+
+  python scripts/train.py --config=configs/seq_mnist.py:rows --workdir=/tmp/seq_ln \
+      --config.norm=layer
+
+Variants after the colon: `rows` (28 steps of 28 pixels, the default), `pixels` (784 steps of
+1 pixel), `permuted` (pixels in a fixed seeded order), `tiny` (small synthetic run, for tests and
+smoke checks), and `key=value` overrides (`configs/seq_mnist.py:pixels,model.cell=gru`).
+The norm, data, optimizer and loop fields are those of configs/pi_mnist.py.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+from ln_jax import configlib
+from ln_jax import data
+
+
+def _shared_defaults():
+  """configs/pi_mnist.py's config: its norm, data, optimizer and loop fields are shared."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'pi_mnist.py')
+  spec = importlib.util.spec_from_file_location('pi_mnist_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(arg=None):
+  config = _shared_defaults()
+  with config.unlocked():
+    del config.norm_logits                # the MLP's; the classifier's Dense is never normalized
+    config.norm = 'layer'                 # 'layer' | 'batch' | 'none': the cell variant
+    config.bn_gamma_init = 0.1            # recurrent BN's gain init (Cooijmans et al.)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = 'recurrent'
+    config.model.cell = 'lstm'            # 'lstm' | 'gru' | 'rnn'
+    config.model.hidden_size = 128
+    config.model.num_layers = 1
+    config.model.num_classes = data.NUM_CLASSES
+    config.model.pixels_per_step = 28     # 28: row by row (28 steps); 1: pixel by pixel (784)
+    config.model.forget_bias = 1.0        # LSTM forget-gate bias init
+    # 'zeros' | 'input_mean'; None: 'input_mean' for norm=batch, which needs states that differ
+    # over the batch from the first step (see ln_jax/recurrent.py), 'zeros' otherwise.
+    config.model.initial_state = ml_collections.config_dict.placeholder(str)
+    config.model.bn_max_steps = ml_collections.config_dict.placeholder(int)  # T_max; None: T
+    config.model.unroll = 1               # time steps per scan iteration (speed only)
+
+    config.data.permute = False
+    config.learning_rate = 2e-3
+    config.grad_clip_norm = 1.0
+    config.batch_size = 64
+    config.num_epochs = 1.0
+    config.eval_every_epochs = 0.25
+    config.steps_per_call = 50
+
+  configlib.apply_variant(config, arg, PRESETS)
+  return config.lock()
+
+
+def _rows(config):
+  config.model.pixels_per_step = 28
+  config.data.permute = False
+
+
+def _pixels(config):
+  config.model.pixels_per_step = 1
+  config.data.permute = False
+  config.eval_every_epochs = 1.0   # an evaluation runs 15,000 sequences of 784 steps
+  config.steps_per_call = 10
+
+
+def _permuted(config):
+  _pixels(config)
+  config.data.permute = True       # data.permutation_seed fixes the order
+
+
+def _tiny(config):
+  config.data.source = 'synthetic'
+  config.data.synthetic_train_size = 320
+  config.data.synthetic_test_size = 64
+  config.data.valid_size = 64
+  config.model.hidden_size = 16
+  config.batch_size = 16
+  config.num_epochs = 2.0
+  config.eval_every_epochs = 1.0
+  config.eval_batch_size = 64
+  config.steps_per_call = 8
+
+
+PRESETS = {'rows': _rows, 'pixels': _pixels, 'permuted': _permuted, 'tiny': _tiny}
