@@ -10,6 +10,7 @@ import numpy as np
 from conftest import load_config
 from ln_jax import data
 from ln_jax import models
+from ln_jax import resume
 from ln_jax import rundir
 from ln_jax import train
 
@@ -35,7 +36,7 @@ def test_grouping_of_steps_leaves_state_and_sums_bitwise_equal():
   results = {}
   for chunks in ((1,) * 4, (4,)):  # (uneven chunks: see the end-to-end test below)
     state = jax.tree.map(np.array, initial)  # a fresh copy: train_steps donates its input
-    totals, position = train.zero_totals(), 0
+    totals, position = resume.empty_window(), 0
     for n in chunks:
       state, totals = train.train_steps(state, split.images, split.labels, order, position,
                                         totals, num_steps=n, batch_size=config.batch_size)
@@ -50,7 +51,7 @@ def test_grouping_of_steps_leaves_state_and_sums_bitwise_equal():
 def test_fused_steps_match_a_step_by_step_loop():
   config, split, initial, order = _setup('batch')
   fused, totals = train.train_steps(jax.tree.map(np.array, initial), split.images, split.labels,
-                                    order, 0, train.zero_totals(), num_steps=4,
+                                    order, 0, resume.empty_window(), num_steps=4,
                                     batch_size=config.batch_size)
   step = jax.jit(train.train_step)
   state, losses = initial, []

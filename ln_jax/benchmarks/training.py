@@ -24,6 +24,7 @@ import numpy as np
 from ln_jax import data as data_lib
 from ln_jax import models
 from ln_jax import parallel
+from ln_jax import resume
 from ln_jax import train
 
 NUM_TRAIN = 55_000
@@ -54,7 +55,7 @@ class FusedRunner:
     config.num_epochs, config.eval_every_epochs = 1e6, 1e6
     self._schedule = train.Schedule(config, len(labels))
     self._step, self._epoch, self._order = 0, -1, None
-    self._totals = train.zero_totals(self._mesh)
+    self._totals = parallel.replicate(resume.empty_window(), self._mesh)
 
   def run(self, num_steps: int) -> int:
     """At least `num_steps` steps, in whole calls (no new call size to compile); the count."""
