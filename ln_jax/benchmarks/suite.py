@@ -17,6 +17,7 @@ PI_MNIST = os.path.join('configs', 'pi_mnist.py')
 # (batch size, competitor, least ln_jax / competitor steps/s ratio) the project aims for.
 SPEED_TARGETS = ((4, 'jit_loop', 1.5), (4, 'torch', 4.0), (128, 'jit_loop', 1.0))
 NORM_PARITY = 0.15  # BN and no-norm runs within 15% of LN's speed
+PARITY_NORMS = ('batch', 'none')
 
 
 def machine() -> dict:
@@ -67,6 +68,8 @@ def run_training(batch_sizes, norms, contenders, *, steps: int, rounds: int, war
     for norm in norms:
       config = mlp_config(norm, batch_size, overrides)
       for name in contenders:
+        if name == 'torch' and norm not in training.TorchRunner.NORMS:
+          continue  # listed in the report as missing, not an error
         runners[(name, norm)] = training.RUNNERS[name](config, images, labels)
     epoch = len(labels) // batch_size
     measured = training.measure(runners, min(steps, epoch) if steps else epoch, rounds,
@@ -101,9 +104,10 @@ def training_ratios(rows: list[dict]) -> list[dict]:
     if norm == 'layer' or reference is None or name != 'ln_jax':
       continue
     ratio = value / reference
+    targeted = norm in PARITY_NORMS
     out.append({'what': f'{norm} / layer (ln_jax)', 'batch_size': batch_size, 'norm': norm,
-                'ratio': ratio, 'target': f'within {NORM_PARITY:.0%}',
-                'met': abs(ratio - 1.0) <= NORM_PARITY})
+                'ratio': ratio, 'target': f'within {NORM_PARITY:.0%}' if targeted else None,
+                'met': abs(ratio - 1.0) <= NORM_PARITY if targeted else None})
   return out
 
 

@@ -125,6 +125,7 @@ class TorchRunner:
   """PyTorch eager on the CPU: the same layers, initial learning rate and Adam."""
 
   name = 'torch'
+  NORMS = ('layer', 'batch', 'none')  # the others have no PyTorch twin here
 
   def __init__(self, config, images, labels):
     import torch  # optional: the `bench` extra
