@@ -174,7 +174,7 @@ def block_orthogonal(num_blocks: int) -> Callable[..., Any]:
   return init
 
 
-def _scan(step, carry, xs, mask_TxB, unroll: int):
+def _scan(step, carry, xs, mask_TxB):
   """Runs `step(carry, x_t, mask_t) -> (carry, h_t, stats_t)` over time (axis 0 of `xs`).
 
   At padded steps (mask 0) the carry is left as it was and the output is 0, so padding changes
@@ -188,7 +188,7 @@ def _scan(step, carry, xs, mask_TxB, unroll: int):
       new_carry = jax.tree.map(lambda new, old: jnp.where(real, new, old), new_carry, carry)
       h_t = jnp.where(real, h_t, 0.0)
     return new_carry, (h_t, stats_t)
-  return lax.scan(body, carry, (xs, mask_TxB), unroll=unroll)
+  return lax.scan(body, carry, (xs, mask_TxB))
 
 
 class RecurrentLayer(nn.Module):
@@ -203,7 +203,6 @@ class RecurrentLayer(nn.Module):
   norm: NormSpec = NormSpec()
   forget_bias: float = 1.0
   dtype: Any = jnp.float32
-  unroll: int = 1
 
   @nn.compact
   def __call__(self, x_BxTxD, mask_BxT=None, train: bool = False, initial_h=None):
@@ -271,8 +270,7 @@ class RecurrentLayer(nn.Module):
           else jnp.broadcast_to(jnp.asarray(initial_h, jnp.float32), (batch, hidden)))
     carry = (h0, jnp.zeros((batch, hidden))) if self.cell == 'lstm' else h0
     eval_stats = {name: fn.eval_stats for name, fn in fns.items()}
-    final, (h_TxBxH, batch_stats) = _scan(step, carry, (ax_TxBxF, eval_stats), mask_TxB,
-                                          self.unroll)
+    final, (h_TxBxH, batch_stats) = _scan(step, carry, (ax_TxBxF, eval_stats), mask_TxB)
     for name, module in modules.items():
       module.update(batch_stats[name])
     return jnp.swapaxes(h_TxBxH, 0, 1), final
