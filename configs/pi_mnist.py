@@ -15,7 +15,7 @@ from ln_jax import data
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
-  config.norm = 'layer'                     # 'layer' | 'batch' | 'none'
+  config.norm = 'layer'                     # 'layer' | 'batch' | 'rms' | 'weight' | 'none'
   config.norm_logits = ml_collections.config_dict.placeholder(bool)  # None: paper's placement
   config.norm_epsilon = 1e-5                # inside the sqrt; the paper's original code value
   config.norm_fast_variance = False         # one-pass variance (loses precision at large means)
@@ -53,7 +53,9 @@ def get_config(arg=None):
   config.eval_batch_size = 1000
   config.steps_per_call = 100               # optimizer steps fused into one compiled call
   config.log_every_seconds = 10.0
-  config.checkpoint_keep = 2
+  config.checkpoint_every_epochs = 1.0      # fractions allowed; also saved at the end
+  config.checkpoint_keep = 2                # newest checkpoints kept
+  config.on_nonfinite = 'stop'              # 'stop' the run, or 'skip' the update and count it
 
   configlib.apply_variant(config, arg, PRESETS)
   return config.lock()

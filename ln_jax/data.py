@@ -97,14 +97,18 @@ def load_tfds(name: str, data_dir: str | None) -> dict[str, tuple[np.ndarray, np
   """Reads a TFDS dataset through `tfds.data_source` (array_record; no TensorFlow needed)."""
   import tensorflow_datasets as tfds  # slow import: only when asked for
 
-  builder = tfds.builder(name, data_dir=data_dir)
-  if not builder.is_prepared():
-    _check_download_reachable(name)
+  def open_sources(download: bool):
+    return tfds.data_source(name, split=['train', 'test'], data_dir=data_dir, download=download)
+
   try:
-    sources = tfds.data_source(name, split=['train', 'test'], data_dir=data_dir)
-  except Exception as e:  # TFDS raises many types for "could not download / prepare"
-    raise UserError(f'TFDS could not load {name!r} ({type(e).__name__}: {str(e)[:200]}); '
-                    + _offline_hint()) from None
+    sources = open_sources(download=False)
+  except Exception:  # not prepared yet: download it, failing fast when offline
+    _check_download_reachable(name)
+    try:
+      sources = open_sources(download=True)
+    except Exception as e:  # TFDS raises many types for "could not download / prepare"
+      raise UserError(f'TFDS could not load {name!r} ({type(e).__name__}: {str(e)[:200]}); '
+                      + _offline_hint()) from None
   out = {}
   for split, source in zip(('train', 'test'), sources):
     examples = [source[i] for i in range(len(source))]

@@ -66,6 +66,7 @@ def create_model(config) -> nn.Module:
                activation=ACTIVATIONS[config.model.activation],
                norm=norms.make_norm(config),
                norm_logits=norm_logits,
+               dense=norms.make_dense(config),  # every layer, logits too, for norm='weight'
                dtype=jnp.dtype(config.dtype))
   if name == 'recurrent':
     return recurrent.create_classifier(config)

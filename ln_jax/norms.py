@@ -1,9 +1,10 @@
 """Normalization layers as the Layer Normalization paper (Ba et al., 2016) defines them.
 
 Conventions (see also the README):
-- Statistics are always computed in float32, whatever the input dtype; the output has the input's
-  dtype. The variance is two-pass (mean of squared deviations) unless `use_fast_variance=True`,
-  whose one-pass E[x^2] - E[x]^2 loses all precision for inputs with a large mean in float32.
+- Statistics are computed in float32 whatever the input dtype (float64 inputs keep float64); the
+  output has the input's dtype. The variance is two-pass (mean of squared deviations) unless
+  `use_fast_variance=True`, whose one-pass E[x^2] - E[x]^2 loses all precision for inputs with a
+  large mean in float32.
 - `epsilon` sits inside the square root: (x - mu) * rsqrt(var + eps). The paper has none; the
   default 1e-5 is the value of the paper's original code.
 - BatchNorm's `momentum` follows Flax/Keras: running <- momentum * running + (1 - momentum) * batch
@@ -29,6 +30,11 @@ def _axes_tuple(axes: int | Sequence[int], ndim: int) -> tuple[int, ...]:
   return tuple(sorted(a % ndim for a in axes))
 
 
+def stats_dtype(x):
+  """float32, or the input's own dtype when it is wider (float64 under `jax.enable_x64`)."""
+  return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
 def _weighted_mean(x, axes, mask):
   """(mean function over `axes`, count); `mask` (1 = real entry) leaves padding out."""
   if mask is None:
@@ -41,7 +47,7 @@ def _weighted_mean(x, axes, mask):
 
 
 def centered_moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False):
-  """Float32 statistics of `x` over `axes` as (centered, mean, var, count), keeping dims.
+  """Float32 (or wider) statistics of `x` over `axes` as (centered, mean, var, count), keeping dims.
 
   `centered` is x - mean computed without rounding the mean to x's magnitude first: the
   default two-pass variance works on x shifted by its first entry along `axes`, which is exact
@@ -49,7 +55,7 @@ def centered_moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: 
   `use_fast_variance` is the one-pass E[x^2] - E[x]^2 on raw data, which loses it.
   `mask` (broadcastable to `x`, 1 for real entries) leaves padded entries out of the statistics.
   """
-  x = jnp.asarray(x, jnp.float32)
+  x = jnp.asarray(x, stats_dtype(x))
   mean_fn, count = _weighted_mean(x, axes, mask)
   if use_fast_variance:
     mean = mean_fn(x)
@@ -80,6 +86,11 @@ def _affine(module: nn.Module, y, param_shape, use_scale, use_bias, scale_init, 
   return y
 
 
+def _param_shape(shape, axes):
+  """One gain/bias entry per normalized unit, broadcastable against the input."""
+  return tuple(shape[a] if a in axes else 1 for a in range(len(shape)))[min(axes):]
+
+
 class LayerNorm(nn.Module):
   """LN (paper Eq. 3): per-example statistics over the hidden units, gain 1 and bias 0 at init.
 
@@ -101,10 +112,8 @@ class LayerNorm(nn.Module):
     axes = _axes_tuple(self.reduction_axes, x.ndim)
     centered, _, var, _ = centered_moments(x, axes, use_fast_variance=self.use_fast_variance)
     y = centered * lax.rsqrt(var + self.epsilon)
-    param_shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
-    param_shape = param_shape[min(axes):]
-    y = _affine(self, y, param_shape, self.use_scale, self.use_bias, self.scale_init,
-                self.bias_init, self.param_dtype)
+    y = _affine(self, y, _param_shape(x.shape, axes), self.use_scale, self.use_bias,
+                self.scale_init, self.bias_init, self.param_dtype)
     return y.astype(x.dtype)
 
 
@@ -168,8 +177,64 @@ class BatchNorm(nn.Module):
     return y.astype(x.dtype)
 
 
+class RMSNorm(nn.Module):
+  """RMSNorm (Zhang & Sennrich, 2019): g * x / sqrt(mean(x^2) + eps), with no re-centering.
+
+  Statistics over `reduction_axes` per example, like LayerNorm, in float32 (or wider). The gain
+  starts at 1; the optional bias (off by default, as in the paper's own layer) starts at 0.
+  """
+  epsilon: float = DEFAULT_EPSILON
+  reduction_axes: int | Sequence[int] = -1
+  use_scale: bool = True
+  use_bias: bool = False
+  scale_init: Callable[..., Any] = nn.initializers.ones
+  bias_init: Callable[..., Any] = nn.initializers.zeros
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    del mask  # per-example statistics, as in LayerNorm
+    axes = _axes_tuple(self.reduction_axes, x.ndim)
+    x_wide = jnp.asarray(x, stats_dtype(x))
+    mean_square = jnp.mean(jnp.square(x_wide), axes, keepdims=True)
+    y = x_wide * lax.rsqrt(mean_square + self.epsilon)
+    y = _affine(self, y, _param_shape(x.shape, axes), self.use_scale, self.use_bias,
+                self.scale_init, self.bias_init, self.param_dtype)
+    return y.astype(x.dtype)
+
+
+class WeightNormDense(nn.Module):
+  """A dense layer with weight normalization (Salimans & Kingma, 2016): w_j = g_j v_j / ||v_j||.
+
+  `kernel` holds the directions v, [in, out] like `nn.Dense` (v_j is column j, the weights of
+  output unit j); `scale` holds the lengths g, one per output unit. g starts at the column norms
+  of the initial v, so the layer starts with exactly the weights `kernel_init` drew, as the plain
+  `nn.Dense` would. The norms are computed in float32 (or wider) whatever `dtype` is.
+  """
+  features: int
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., Any] = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', self.kernel_init, (jnp.shape(x)[-1], self.features),
+                        self.param_dtype)
+    scale = self.param('scale', lambda _: jnp.linalg.norm(kernel, axis=0))
+    v = jnp.asarray(kernel, stats_dtype(kernel))
+    w = v * (scale * lax.rsqrt(jnp.sum(jnp.square(v), axis=0)))
+    dtype = self.dtype or jnp.result_type(x, self.param_dtype)
+    y = jnp.dot(jnp.asarray(x, dtype), jnp.asarray(w, dtype))
+    if self.use_bias:
+      y = y + jnp.asarray(self.param('bias', self.bias_init, (self.features,),
+                                     self.param_dtype), dtype)
+    return y
+
+
 NormFactory = Callable[..., nn.Module]
-NORMS = ('layer', 'batch', 'none')
+NORMS = ('layer', 'batch', 'rms', 'weight', 'none')
 
 
 def make_norm(config) -> NormFactory | None:
@@ -177,17 +242,24 @@ def make_norm(config) -> NormFactory | None:
 
   The factory hides which normalizer it builds, so one model definition serves all of them.
   Reads config.norm, norm_epsilon, norm_fast_variance, bn_momentum, bn_unbiased_variance,
-  bn_eval_stats ('running' | 'batch').
+  bn_eval_stats ('running' | 'batch'). 'weight' normalizes the dense layers themselves (see
+  `make_dense`), so like 'none' it has no norm module. 'rms' gets a bias: the dense layer before a
+  norm has none, and both papers add b after the normalization, f(norm(a) + b).
   """
   name = config.norm
   common = dict(epsilon=config.norm_epsilon, use_fast_variance=config.norm_fast_variance)
-  if name == 'none':
+  if name in ('none', 'weight'):
     return None
   if name == 'layer':
     def make_layer_norm(train: bool, **overrides):
       del train  # LN is the same in training and evaluation
       return LayerNorm(**{**common, **overrides})
     return make_layer_norm
+  if name == 'rms':
+    def make_rms_norm(train: bool, **overrides):
+      del train  # per-example statistics: the same in training and evaluation
+      return RMSNorm(**{'epsilon': config.norm_epsilon, 'use_bias': True, **overrides})
+    return make_rms_norm
   if name == 'batch':
     eval_with_batch_stats = config.bn_eval_stats == 'batch'
     def make_batch_norm(train: bool, **overrides):
@@ -197,3 +269,8 @@ def make_norm(config) -> NormFactory | None:
                        **{**common, **overrides})
     return make_batch_norm
   raise ValueError(f'unknown norm {name!r}; choose one of {", ".join(NORMS)}')
+
+
+def make_dense(config) -> Callable[..., nn.Module]:
+  """The dense layer class for `config.norm`: weight-normalized for 'weight', else `nn.Dense`."""
+  return WeightNormDense if config.norm == 'weight' else nn.Dense

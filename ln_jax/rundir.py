@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from importlib import metadata
 
@@ -69,13 +70,26 @@ def _finite_or_none(value):
   return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
+def _summary_writer(workdir: str):
+  """tensorboardX's writer (event files without TensorFlow), imported without torch: it imports
+  torch when installed only to accept torch tensors, and that takes seconds; we log floats."""
+  hide_torch = 'torch' not in sys.modules
+  if hide_torch:
+    sys.modules['torch'] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide_torch:
+      del sys.modules['torch']
+  return SummaryWriter(logdir=workdir, flush_secs=30)
+
+
 class MetricsWriter:
   """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard."""
 
   def __init__(self, workdir: str):
-    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
     self._path = os.path.join(workdir, METRICS_FILE)
-    self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+    self._tb = _summary_writer(workdir)
 
   def write(self, record: dict) -> None:
     record = {k: _finite_or_none(v) for k, v in record.items()}

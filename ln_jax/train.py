@@ -6,12 +6,17 @@ averages come back through the loss function's aux output (an empty collection f
 per-epoch permutation, and runs `config.steps_per_call` optimizer steps per compiled call with
 `lax.scan`; the step index alone fixes the data order, so the result does not depend on how steps
 are grouped into calls.
+
+Re-running on the same workdir resumes from the latest checkpoint (see `resume`): the state, the
+step (which fixes the position in the data order), the partial train-loss window and the elapsed
+time all come back, so the resumed run writes the same metrics.jsonl as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from typing import Any
 
@@ -27,17 +32,29 @@ from ln_jax import checkpoint
 from ln_jax import data as data_lib
 from ln_jax import models
 from ln_jax import recurrent
+from ln_jax import resume
 from ln_jax import rundir
+from ln_jax.errors import Interrupted
 from ln_jax.errors import UserError
 from ln_jax.progress import Progress
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any = flax.core.FrozenDict()
+  # Static: leave the state as it was after a step whose loss or gradients are not finite
+  # (config.on_nonfinite='skip'); off, the step costs nothing extra.
+  skip_nonfinite: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 class TrainingDiverged(UserError):
   """The loss became NaN or infinite."""
+
+
+ON_NONFINITE = ('stop', 'skip')
+# Keys train_and_evaluate reads beyond the model's and the data's: every config file needs them.
+REQUIRED_KEYS = ('norm', 'optimizer', 'learning_rate', 'batch_size', 'num_epochs', 'seed',
+                 'eval_every_epochs', 'eval_batch_size', 'steps_per_call', 'log_every_seconds',
+                 'checkpoint_every_epochs', 'checkpoint_keep', 'on_nonfinite')
 
 
 OPTIMIZERS = {
@@ -69,7 +86,8 @@ def create_train_state(config, model, key, example_images) -> TrainState:
   variables = jax.jit(functools.partial(model.init, train=False))(key, preprocess(example_images))
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            tx=make_optimizer(config),
-                           batch_stats=variables.get('batch_stats', flax.core.FrozenDict()))
+                           batch_stats=variables.get('batch_stats', flax.core.FrozenDict()),
+                           skip_nonfinite=config.on_nonfinite == 'skip')
 
 
 def _variables(state, params):
@@ -85,8 +103,17 @@ def _loss_and_errors(logits, labels):
   return nll, (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
 
 
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One optimizer step on `batch` ({'image': uint8 [B, ...], 'label': int [B]})."""
+  """One optimizer step on `batch` ({'image': uint8 [B, ...], 'label': int [B]}).
+
+  Metrics: 'loss', 'error' and 'nonfinite' (1 when the loss was not finite). With
+  `state.skip_nonfinite`, a step with a non-finite loss or gradient changes nothing but the step
+  count, reports loss and error 0 and counts as 'nonfinite'.
+  """
   def loss_fn(params):
     logits, updates = state.apply_fn(_variables(state, params), preprocess(batch['image']),
                                      train=True, mutable=['batch_stats'])
@@ -94,9 +121,17 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     return jnp.mean(nll), (jnp.mean(errors), updates)
 
   (loss, (error, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads,
-                                batch_stats=updates.get('batch_stats', state.batch_stats))
-  return state, {'loss': loss, 'error': error}
+  new_state = state.apply_gradients(grads=grads,
+                                    batch_stats=updates.get('batch_stats', state.batch_stats))
+  finite = jnp.isfinite(loss)
+  if state.skip_nonfinite:
+    finite &= _all_finite(grads)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    new_state = new_state.replace(params=keep(new_state.params, state.params),
+                                  opt_state=keep(new_state.opt_state, state.opt_state),
+                                  batch_stats=keep(new_state.batch_stats, state.batch_stats))
+    loss, error = jnp.where(finite, loss, 0.0), jnp.where(finite, error, 0.0)
+  return new_state, {'loss': loss, 'error': error, 'nonfinite': (~finite).astype(jnp.int32)}
 
 
 def epoch_order(data_key, epoch, num_examples: int):
@@ -108,15 +143,23 @@ def epoch_order(data_key, epoch, num_examples: int):
 def train_steps(state, images, labels, order, position, *, num_steps: int, batch_size: int):
   """`num_steps` optimizer steps, batch i taken from `order` at (position + i) * batch_size.
 
-  Returns the new state and the summed loss and error over the steps.
+  Returns the new state and the metrics of `train_step` summed over the steps, plus
+  'first_nonfinite': the step count (`state.step` after it) of the first step with a non-finite
+  loss, or resume.NO_NONFINITE.
   """
+  first_step = state.step
+
   def body(state, i):
     idx = jax.lax.dynamic_slice_in_dim(order, (position + i) * batch_size, batch_size)
     state, metrics = train_step(state, {'image': images[idx], 'label': labels[idx]})
     return state, metrics
 
   state, metrics = jax.lax.scan(body, state, jnp.arange(num_steps))
-  return state, jax.tree.map(jnp.sum, metrics)
+  bad = metrics['nonfinite'] > 0
+  totals = jax.tree.map(jnp.sum, metrics)
+  totals['first_nonfinite'] = jnp.where(jnp.any(bad), first_step + 1 + jnp.argmax(bad),
+                                        resume.NO_NONFINITE).astype(jnp.int32)
+  return state, totals
 
 
 @functools.partial(jax.jit, static_argnames=('batch_size',))
@@ -149,6 +192,7 @@ class Schedule:
     self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
     self.eval_every = max(1, round(config.eval_every_epochs * self.steps_per_epoch))
     self.steps_per_call = config.steps_per_call
+    self.checkpoint_every = max(1, round(config.checkpoint_every_epochs * self.steps_per_epoch))
 
   def next_chunk(self, step: int) -> int:
     """Steps to fuse from `step`: stop at an evaluation, an epoch end or the run's end."""
@@ -159,10 +203,23 @@ class Schedule:
   def is_eval_step(self, step: int) -> bool:
     return step % self.eval_every == 0 or step == self.total_steps
 
+  def is_checkpoint_step(self, start: int, step: int) -> bool:
+    """Whether the chunk from `start` to `step` crossed a checkpoint point or ended the run.
+
+    Checkpoints go at chunk ends (which `next_chunk` fixes whatever `checkpoint_every` is), so
+    where they go never changes how steps are grouped, nor any number the run reports.
+    """
+    return step // self.checkpoint_every > start // self.checkpoint_every or (
+        step == self.total_steps)
+
 
 def check_config(config, num_train: int | None = None) -> None:
   """Rejects impossible values with one line that names the key and the fix."""
   from ln_jax import norms  # local: norms imports nothing from here, but keep the graph obvious
+  missing = [key for key in REQUIRED_KEYS if key not in config]
+  if missing:
+    raise UserError(f'the config lacks {", ".join(missing)}; add them to the config file (see '
+                    'configs/pi_mnist.py)')
   checks = [
       (config.norm in norms.NORMS, f'unknown norm {config.norm!r}; choose one of '
                                    f'{", ".join(norms.NORMS)}'),
@@ -185,7 +242,20 @@ def check_config(config, num_train: int | None = None) -> None:
                                                f'choose one of {", ".join(data_lib.SOURCES)}'),
       (config.dtype in ('float32', 'bfloat16', 'float16'),
        f"dtype={config.dtype!r} must be 'float32', 'bfloat16' or 'float16'"),
+      (config.data.name in data_lib.DATASETS, f'unknown data.name {config.data.name!r}; choose '
+                                              f'one of {", ".join(data_lib.DATASETS)}'),
+      (config.on_nonfinite in ON_NONFINITE, f'on_nonfinite={config.on_nonfinite!r} must be one of '
+                                            f'{", ".join(ON_NONFINITE)}'),
+      (config.checkpoint_every_epochs > 0,
+       f'checkpoint_every_epochs={config.checkpoint_every_epochs} must be positive'),
+      (config.checkpoint_keep >= 1, f'checkpoint_keep={config.checkpoint_keep} must be at least 1'),
+      (config.log_every_seconds >= 0,
+       f'log_every_seconds={config.log_every_seconds} must be >= 0'),
   ]
+  sizes = config.model.get('hidden_sizes', ())
+  checks.append((all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in sizes),
+                 f'model.hidden_sizes={tuple(sizes)} must be positive integers, e.g. '
+                 '--config.model.hidden_sizes=500,500'))
   if config.model.name == 'mlp':
     checks.append((config.model.activation in models.ACTIVATIONS,
                    f'unknown model.activation {config.model.activation!r}; choose one of '
@@ -205,19 +275,65 @@ def _to_float(tree) -> dict:
   return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` into `workdir` and returns the last evaluation's metrics."""
+def _check_finite(config, loop: resume.LoopState, ckpt, workdir: str) -> None:
+  """With on_nonfinite='stop', raises TrainingDiverged if the window saw a non-finite loss."""
+  if config.on_nonfinite != 'stop' or not int(loop.window['nonfinite']):
+    return
+  good = ckpt.latest_step()
+  where = (f'the last good checkpoint is step {good} in '
+           f'{os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(good))}' if good is not None
+           else 'no checkpoint was saved before it')
+  raise TrainingDiverged(
+      f'the training loss became non-finite at step {int(loop.window["first_nonfinite"])} '
+      f'({where}); lower learning_rate (now {config.learning_rate}), set grad_clip_norm or '
+      'on_nonfinite=skip, and rerun with --fresh or another --workdir')
+
+
+def _record(config, state, loop: resume.LoopState, step: int, schedule: Schedule,
+            eval_sets: dict) -> dict:
+  """The metrics.jsonl line for an evaluation at `step` (wall-clock fields left to the caller)."""
+  train = _to_float(loop.window)  # waits for the device
+  counted = loop.window_steps - int(train['nonfinite'])  # skipped updates report no loss
+  record = {'step': step, 'epoch': step / schedule.steps_per_epoch,
+            'train_loss': train['loss'] / counted if counted else math.nan,
+            'train_error': train['error'] / counted if counted else math.nan}
+  if config.on_nonfinite == 'skip':
+    record['skipped_steps'] = loop.skipped_steps + int(train['nonfinite'])
+  eval_batch = config.batch_size if config.bn_eval_stats == 'batch' else config.eval_batch_size
+  for name, (images, labels) in eval_sets.items():
+    metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch))
+    record[f'{name}_loss'], record[f'{name}_error'] = metrics['loss'], metrics['error']
+  return record
+
+
+def _prepare_workdir(config, workdir: str, fresh: bool) -> str:
+  """Checks the workdir against `config` and only then changes it; returns resume's status."""
+  status = resume.existing_run(workdir, config, fresh)
+  if status == resume.COMPLETE:
+    return status
+  if fresh and os.path.isdir(workdir):
+    resume.clear_run(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if status == resume.NEW:
+    rundir.write_json_atomic(f'{workdir}/{rundir.CONFIG_FILE}', rundir.describe_run(config))
+  return status
+
+
+def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
+  """Trains `config` into `workdir` and returns the last evaluation's metrics.
+
+  Resumes the run already in `workdir` when its config matches; `fresh` replaces it instead.
+  Raises UserError, before anything in `workdir` changes, for a bad config, data or workdir, and
+  Interrupted after SIGTERM or Ctrl-C made it save a checkpoint and stop.
+  """
   check_config(config)
+  resume.check_workdir(workdir)
   splits = data_lib.load_splits(config.data, config.seed)
   check_config(config, num_train=len(splits['train']))
+  if _prepare_workdir(config, workdir, fresh) == resume.COMPLETE:
+    logging.info('%s holds this run, finished; nothing to do (--fresh runs it again)', workdir)
+    return resume.read_summary(workdir)['final']
   schedule = Schedule(config, len(splits['train']))
-  eval_batch = {
-      'train': config.batch_size,
-      'eval': config.batch_size if config.bn_eval_stats == 'batch' else config.eval_batch_size}
-
-  rundir.write_json_atomic(f'{workdir}/{rundir.CONFIG_FILE}', rundir.describe_run(config))
-  writer = rundir.MetricsWriter(workdir)
-  ckpt = checkpoint.manager(workdir, config.checkpoint_keep)
 
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   model = models.create_model(config)
@@ -231,46 +347,58 @@ def train_and_evaluate(config, workdir: str) -> dict:
                sum(np.size(p) for p in jax.tree.leaves(state.params)),
                schedule.total_steps, schedule.steps_per_epoch, schedule.eval_every)
 
-  progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds)
-  step, order, order_epoch = 0, None, -1
-  window = {'loss': 0.0, 'error': 0.0}
-  window_steps, window_start, last = 0, time.time(), {}
-  while step < schedule.total_steps:
-    epoch = step // schedule.steps_per_epoch
-    if epoch != order_epoch:
-      order, order_epoch = epoch_order(data_key, epoch, len(splits['train'])), epoch
-    num_steps = schedule.next_chunk(step)
-    state, sums = train_steps(state, train_images, train_labels, order,
-                              step - epoch * schedule.steps_per_epoch,
-                              num_steps=num_steps, batch_size=config.batch_size)
-    window = jax.tree.map(jnp.add, window, sums)
-    window_steps += num_steps
-    step += num_steps
-    progress.update(step, sums)
-    if schedule.is_eval_step(step):
-      train_metrics = _to_float(window)  # waits for the device
-      train_seconds = time.time() - window_start
-      record = {'step': step, 'epoch': step / schedule.steps_per_epoch,
-                'train_loss': train_metrics['loss'] / window_steps,
-                'train_error': train_metrics['error'] / window_steps}
-      if not math.isfinite(record['train_loss']):
-        writer.close()
-        raise TrainingDiverged(
-            f'the training loss became non-finite between steps {step - window_steps} and '
-            f'{step}; lower learning_rate (now {config.learning_rate}) or clip gradients')
-      for name, (images, labels) in eval_sets.items():
-        metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch['eval']))
-        record[f'{name}_loss'], record[f'{name}_error'] = metrics['loss'], metrics['error']
-      record['elapsed_s'] = progress.elapsed()
-      record['steps_per_s'] = window_steps / train_seconds
-      writer.write(record)
-      progress.report(record)
-      last = record
-      window, window_steps, window_start = {'loss': 0.0, 'error': 0.0}, 0, time.time()
+  ckpt = checkpoint.manager(workdir, config.checkpoint_keep)
+  state, loop = resume.restore(ckpt, state)
+  step = int(state.step)
+  dropped = resume.keep_metrics_through(workdir, step)
+  if step or dropped:
+    logging.info('resuming at step %d from %s (%d metrics lines after it dropped)', step,
+                 ckpt.directory, dropped)
 
-  checkpoint.save(ckpt, step, {'step': state.step, 'params': state.params,
-                               'opt_state': state.opt_state, 'batch_stats': state.batch_stats})
-  writer.close()
+  def save():
+    _check_finite(config, loop, ckpt, workdir)
+    checkpoint.save(ckpt, step, loop.payload(state, loop.elapsed_s + progress.elapsed()))
+
+  progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds, step)
+  writer = rundir.MetricsWriter(workdir)
+  last, rate_steps, rate_start, order_epoch = {}, 0, time.time(), -1
+  try:
+    with resume.catch_stop_signals() as stop:
+      while step < schedule.total_steps:
+        if stop:
+          if step and ckpt.latest_step() != step:
+            save()
+          raise Interrupted(f'{stop.name} at step {step}/{schedule.total_steps}; checkpoint in '
+                            f'{ckpt.directory}; run the same command again to resume', stop.signum)
+        epoch = step // schedule.steps_per_epoch
+        if epoch != order_epoch:
+          order, order_epoch = epoch_order(data_key, epoch, len(splits['train'])), epoch
+        num_steps, start = schedule.next_chunk(step), step
+        state, sums = train_steps(state, train_images, train_labels, order,
+                                  step - epoch * schedule.steps_per_epoch,
+                                  num_steps=num_steps, batch_size=config.batch_size)
+        loop.window = resume.accumulate(loop.window, sums)
+        loop.window_steps += num_steps
+        rate_steps += num_steps
+        step += num_steps
+        progress.update(step, sums)
+        if schedule.is_eval_step(step):
+          _check_finite(config, loop, ckpt, workdir)
+          record = _record(config, state, loop, step, schedule, eval_sets)
+          record['elapsed_s'] = loop.elapsed_s + progress.elapsed()
+          record['steps_per_s'] = rate_steps / max(time.time() - rate_start, 1e-9)
+          writer.write(record)
+          progress.report(record)
+          last = record
+          loop.skipped_steps = record.get('skipped_steps', 0)
+          loop.window, loop.window_steps = resume.empty_window(), 0
+          rate_steps, rate_start = 0, time.time()
+        if schedule.is_checkpoint_step(start, step):
+          save()
+  finally:
+    writer.close()
+  if not last:  # resumed from the final checkpoint before summary.json was written
+    last = (rundir.read_metrics(workdir) or [{}])[-1]
   rundir.write_json_atomic(f'{workdir}/{rundir.SUMMARY_FILE}',
                            {'final': last, 'total_steps': schedule.total_steps})
   return last

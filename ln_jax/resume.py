@@ -1,0 +1,258 @@
+"""Resuming a run: what a workdir already holds, and what a checkpoint carries besides the state.
+
+Re-running the same command on a workdir resumes its run; nothing is written or deleted until every
+check has passed. A workdir whose config.json differs from the requested config (in any key but
+`IGNORED_KEYS`) is refused unless `--fresh` asks to replace it. When a run resumes from a
+checkpoint, the metrics.jsonl lines after the checkpoint's step are dropped, so that the replayed
+steps write them again exactly once. Each checkpoint also holds the partial sums of the training
+metrics since the last evaluation, so a run stopped between two evaluations reports the same
+train_loss once resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import threading
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ln_jax import checkpoint
+from ln_jax import rundir
+from ln_jax.errors import UserError
+
+# Keys that change neither the numbers a run produces nor where they are written.
+IGNORED_KEYS = ('log_every_seconds', 'checkpoint_every_epochs', 'checkpoint_keep')
+EVENTS_GLOB = 'events.out.tfevents.*'
+WALL_CLOCK_KEYS = ('elapsed_s', 'steps_per_s')  # metrics that differ between identical runs
+
+NEW, RESUME, COMPLETE = 'new', 'resume', 'complete'
+NO_NONFINITE = np.iinfo(np.int32).max  # 'first_nonfinite' of steps whose losses were all finite
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails unless a run can be read and written at `workdir`; creates nothing."""
+  if os.path.exists(workdir):
+    if not os.path.isdir(workdir):
+      raise UserError(f'workdir {workdir} exists and is not a directory; choose another '
+                      '--workdir')
+    if not os.access(workdir, os.R_OK | os.W_OK | os.X_OK):
+      raise UserError(f'workdir {workdir} is not readable and writable; fix its permissions or '
+                      'choose another --workdir')
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f'cannot create workdir {workdir}: {parent} is not a writable directory; '
+                    'choose another --workdir')
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(saved: dict, config) -> list[str]:
+  """'key: old -> new' for each result-changing key where `config` differs from `saved`."""
+  old = _flatten(saved)
+  new = _flatten(json.loads(json.dumps(config.to_dict())))  # the form config.json stores
+  missing = '(absent)'
+  return [f'{key}: {old.get(key, missing)} -> {new.get(key, missing)}'
+          for key in sorted(set(old) | set(new))
+          if key not in IGNORED_KEYS and old.get(key, missing) != new.get(key, missing)]
+
+
+def _read_json(workdir: str, name: str) -> dict:
+  path = os.path.join(workdir, name)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f'cannot read {path} ({e}); pass --fresh to replace the run in {workdir}, '
+                    'or choose another --workdir') from None
+
+
+def _run_files(workdir: str) -> list[str]:
+  names = [rundir.CONFIG_FILE, rundir.METRICS_FILE, rundir.SUMMARY_FILE, checkpoint.CHECKPOINT_DIR]
+  found = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  return found + sorted(os.path.basename(p) for p in glob.glob(os.path.join(workdir, EVENTS_GLOB)))
+
+
+def existing_run(workdir: str, config, fresh: bool) -> str:
+  """NEW, RESUME or COMPLETE: what running `config` in `workdir` means. Raises if the workdir
+  holds a different run and `fresh` is not set. Reads only."""
+  if fresh or not os.path.isdir(workdir):
+    return NEW
+  found = _run_files(workdir)
+  if not found:
+    return NEW
+  if rundir.CONFIG_FILE not in found:
+    raise UserError(f'workdir {workdir} holds run files ({", ".join(found)}) but no '
+                    f'{rundir.CONFIG_FILE}; pass --fresh to replace them, or choose another '
+                    '--workdir')
+  saved = _read_json(workdir, rundir.CONFIG_FILE)
+  differences = config_differences(saved.get('config', {}), config)
+  if differences:
+    shown = '; '.join(differences[:6]) + ('; ...' if len(differences) > 6 else '')
+    raise UserError(f'workdir {workdir} holds a run with a different config ({shown}); pass '
+                    '--fresh to replace it, or choose another --workdir')
+  commit = rundir.git_commit()
+  if saved.get('git_commit') and commit and saved['git_commit'] != commit:
+    logging.warning('resuming a run started with code at %s; the code is now at %s',
+                    saved['git_commit'], commit)
+  return COMPLETE if rundir.is_complete(workdir) else RESUME
+
+
+def read_summary(workdir: str) -> dict:
+  return _read_json(workdir, rundir.SUMMARY_FILE)
+
+
+def clear_run(workdir: str) -> None:
+  """Deletes what a run writes (and only that) from `workdir`."""
+  for name in _run_files(workdir):
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+  logging.info('--fresh: removed the previous run from %s', workdir)
+
+
+def keep_metrics_through(workdir: str, step: int) -> int:
+  """Rewrites metrics.jsonl (atomically) without the lines after `step`; returns how many went.
+
+  A line cut short by a crash is dropped too; it can only be the last one.
+  """
+  path = os.path.join(workdir, rundir.METRICS_FILE)
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if line.endswith('\n') and record['step'] <= step:
+      kept.append(line)
+  if len(kept) != len(lines):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return len(lines) - len(kept)
+
+
+def empty_window() -> dict:
+  """Sums of `train.train_steps` metrics since the last evaluation."""
+  return {'loss': np.zeros((), np.float32), 'error': np.zeros((), np.float32),
+          'nonfinite': np.zeros((), np.int32), 'first_nonfinite': np.array(NO_NONFINITE, np.int32)}
+
+
+@jax.jit
+def accumulate(window: dict, sums: dict) -> dict:
+  return {k: jnp.minimum(window[k], v) if k == 'first_nonfinite' else window[k] + v
+          for k, v in sums.items()}
+
+
+class LoopState:
+  """What the training loop carries besides the train state; all of it goes into checkpoints."""
+
+  def __init__(self, window=None, window_steps=0, elapsed_s=0.0, skipped_steps=0):
+    self.window = empty_window() if window is None else window
+    self.window_steps = int(window_steps)      # steps summed in `window`
+    self.elapsed_s = float(elapsed_s)          # training time before this process started
+    self.skipped_steps = int(skipped_steps)    # on_nonfinite='skip': updates skipped so far
+
+  def payload(self, state, elapsed_s: float) -> dict:
+    """What a checkpoint holds, with `elapsed_s` the training time up to it."""
+    return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
+            'batch_stats': state.batch_stats, 'window': self.window,
+            'window_steps': np.array(self.window_steps, np.int32),
+            'skipped_steps': np.array(self.skipped_steps, np.int32),
+            'elapsed_s': np.array(elapsed_s, np.float64)}
+
+
+def restore(mngr, state):
+  """(state, LoopState) from the latest checkpoint in `mngr`, or from scratch when there is none."""
+  try:
+    saved = checkpoint.restore_latest(mngr, LoopState().payload(state, 0.0))
+  except Exception as e:  # orbax raises many types for a checkpoint that does not fit
+    raise UserError(f'cannot restore the checkpoint in {mngr.directory} ({type(e).__name__}: '
+                    f'{str(e)[:200]}); pass --fresh to start the run over') from None
+  if saved is None:
+    return state, LoopState()
+  state = state.replace(step=saved['step'], params=saved['params'],
+                        opt_state=saved['opt_state'], batch_stats=saved['batch_stats'])
+  return state, LoopState(saved['window'], saved['window_steps'], saved['elapsed_s'],
+                          saved['skipped_steps'])
+
+
+def metrics_differences(workdir_a: str, workdir_b: str) -> list[str]:
+  """How two runs' metrics.jsonl differ, line by line, wall-clock fields aside."""
+  def lines(workdir):
+    return [json.dumps({k: v for k, v in record.items() if k not in WALL_CLOCK_KEYS})
+            for record in rundir.read_metrics(workdir)]
+  a, b = lines(workdir_a), lines(workdir_b)
+  differences = [f'line {i + 1}: {x} != {y}' for i, (x, y) in enumerate(zip(a, b)) if x != y]
+  if len(a) != len(b):
+    differences.append(f'{len(a)} lines in {workdir_a}, {len(b)} in {workdir_b}')
+  return differences
+
+
+class StopRequest:
+  """Set by SIGTERM or SIGINT (Ctrl-C) while `catch_stop_signals` is active."""
+
+  def __init__(self):
+    self.signum = None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name
+
+  def __bool__(self) -> bool:
+    return self.signum is not None
+
+
+@contextlib.contextmanager
+def catch_stop_signals():
+  """Turns SIGTERM and Ctrl-C into a request the training loop answers at its next step
+  boundary (saving a checkpoint), instead of killing it mid-write. A second signal acts as usual."""
+  request = StopRequest()
+  if threading.current_thread() is not threading.main_thread():
+    yield request  # signal handlers can only be installed from the main thread
+    return
+  signums = (signal.SIGTERM, signal.SIGINT)
+  previous = {s: signal.getsignal(s) for s in signums}
+
+  def handler(signum, frame):
+    del frame
+    request.signum = signum
+    for s in signums:
+      signal.signal(s, previous[s])
+    logging.warning('%s received: saving a checkpoint after the current steps, then stopping '
+                    '(send it again to stop at once)', signal.Signals(signum).name)
+
+  for s in signums:
+    signal.signal(s, handler)
+  try:
+    yield request
+  finally:
+    for s in signums:
+      signal.signal(s, previous[s])

@@ -1,0 +1,209 @@
+"""Sweeps: an experiment file enumerates members; each member trains into its own run directory.
+
+An experiment file (see experiments/fig6_pi_mnist.py) holds:
+  BASE_CONFIG = 'configs/pi_mnist.py'   # path relative to the repository root, optional ':variant'
+  def members(arg) -> list[dict]        # dotted config key -> value, one dict per member
+  METRICS = ('test_error', 'train_loss')  # what scripts/compare.py shows first
+  GROUP_BY = ('norm', 'batch_size')       # optional: how compare groups runs into curves
+
+A member's config is the base config, then its overrides, then the sweep's command-line
+`--config.key=value` overrides (which apply to every member and win). A member is named after the
+overrides that tell it apart from the others, e.g. `norm-batch_bs-4_seed-0`, so its directory name
+is readable and stays the same when the command is run again.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+
+import ml_collections
+
+from ln_jax import configlib
+from ln_jax import rundir
+from ln_jax.errors import UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP_FILE = 'sweep.json'
+SHORT_KEYS = {'batch_size': 'bs', 'learning_rate': 'lr', 'num_epochs': 'ep'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: str
+  overrides: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  spec: str                 # what --experiment said: path[:arg]
+  base_config: str          # config file path[:variant], relative to the repository root
+  members: tuple[Member, ...]
+  metrics: tuple[str, ...]
+  group_by: tuple[str, ...]
+
+
+def _load_module(path: str, what: str):
+  if not os.path.isfile(path):
+    raise UserError(f'{what} {path} does not exist; check the path')
+  spec = importlib.util.spec_from_file_location(
+      '_ln_jax_' + re.sub(r'\W', '_', os.path.splitext(os.path.basename(path))[0]), path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+  path, _, arg = spec.partition(':')
+  return path, (arg or None)
+
+
+def _resolve(path: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+
+
+def load_experiment(spec: str) -> Experiment:
+  """Loads `path[:arg]` and enumerates its members for `arg`."""
+  path, arg = _split_spec(spec)
+  if not os.path.isfile(path) and not os.path.isfile(_resolve(path)):
+    raise UserError(f'experiment file {path} does not exist; check the --experiment path')
+  module = _load_module(path if os.path.isfile(path) else _resolve(path), 'experiment file')
+  for name in ('BASE_CONFIG', 'members'):
+    if not hasattr(module, name):
+      raise UserError(f'experiment file {path} defines no {name}; see '
+                      'experiments/fig6_pi_mnist.py for the expected shape')
+  overrides = [dict(o) for o in module.members(arg)]
+  if not overrides:
+    raise UserError(f'experiment {spec} has no members; check its variant {arg!r}')
+  names = member_names(overrides)
+  return Experiment(spec=spec, base_config=module.BASE_CONFIG,
+                    members=tuple(Member(n, o) for n, o in zip(names, overrides)),
+                    metrics=tuple(getattr(module, 'METRICS', ('test_error', 'train_loss'))),
+                    group_by=tuple(getattr(module, 'GROUP_BY', ('norm', 'batch_size'))))
+
+
+def _format_value(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return 'x'.join(_format_value(v) for v in value)
+  if isinstance(value, bool):
+    return str(value).lower()
+  return re.sub(r'[^A-Za-z0-9.+=-]', '-', str(value))
+
+
+def member_names(overrides: list[dict]) -> list[str]:
+  """Names from the keys that tell members apart, e.g. 'norm-batch_bs-4_seed-0'.
+
+  A key that varies only together with keys already named (a learning rate chosen per batch size)
+  is left out: the name stays short and still unique.
+  """
+  keys = list(dict.fromkeys(k for o in overrides for k in o))
+  named = []
+  for key in keys:
+    seen = {}
+    for o in overrides:
+      known = tuple(repr(o.get(k)) for k in named)
+      if seen.setdefault(known, repr(o.get(key))) != repr(o.get(key)):
+        named.append(key)
+        break
+  names = []
+  for o in overrides:
+    parts = [f'{SHORT_KEYS.get(k.split(".")[-1], k.split(".")[-1])}-{_format_value(o.get(k))}'
+             for k in named]
+    names.append('_'.join(parts) or 'run')
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise UserError(f'the experiment lists identical members ({", ".join(duplicates)}); make '
+                    'every member\'s overrides differ')
+  return names
+
+
+def load_base_config(base_config: str) -> ml_collections.ConfigDict:
+  path, arg = _split_spec(base_config)
+  return _load_module(_resolve(path), 'config file').get_config(arg)
+
+
+def set_values(config: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
+  """Sets dotted keys to Python values; the config's types and lock catch mistakes."""
+  for key, value in overrides.items():
+    try:
+      config.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError, TypeError) as e:
+      raise UserError(f'{where}: cannot set {key}={value!r} ({str(e).splitlines()[0]}); '
+                      'fix the key or the value type') from None
+
+
+def member_config(base: ml_collections.ConfigDict, member: Member,
+                  common: dict[str, str]) -> ml_collections.ConfigDict:
+  """Base config + the member's overrides + the command line's `--config.key=value` texts."""
+  config = copy.deepcopy(base)
+  set_values(config, member.overrides, f'member {member.name}')
+  for key, text in common.items():
+    configlib.override(config, key, text)
+  return config
+
+
+def parse_common_overrides(args: list[str]) -> dict[str, str]:
+  """['--config.data.source=idx'] -> {'data.source': 'idx'}."""
+  common = {}
+  for arg in args:
+    match = re.fullmatch(r'--config\.([\w.]+)=(.*)', arg)
+    if not match:
+      raise UserError(f'cannot read {arg!r}; write config overrides as --config.key=value')
+    common[match.group(1)] = match.group(2)
+  return common
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """'1/4' -> (1, 4): this machine runs members 1, 5, 9, ... (counting from 0)."""
+  match = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', text or '')
+  if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+    raise UserError(f'--shard={text!r} must be i/n with 0 <= i < n, e.g. --shard=0/4')
+  return int(match.group(1)), int(match.group(2))
+
+
+def select(members, shard: tuple[int, int] = (0, 1), only: list[str] | None = None):
+  """The members a process runs: every n-th from the i-th, or the ones named in `only`."""
+  if only:
+    known = {m.name for m in members}
+    unknown = [n for n in only if n not in known]
+    if unknown:
+      raise UserError(f'unknown member {unknown[0]!r}; the experiment has '
+                      f'{", ".join(sorted(known))}')
+    return [m for m in members if m.name in only]
+  i, n = shard
+  return list(members[i::n])
+
+
+def seed_groups(members) -> list[list[Member]]:
+  """Members grouped by everything but their seed, in first-appearance order."""
+  groups = {}
+  for m in members:
+    rest = json.dumps({k: v for k, v in m.overrides.items() if k != 'seed'}, sort_keys=True,
+                      default=repr)
+    groups.setdefault(rest, []).append(m)
+  return list(groups.values())
+
+
+def write_sweep_file(workdir: str, experiment: Experiment, common: dict[str, str]) -> None:
+  """Writes DIR/sweep.json; refuses a DIR that holds a sweep with other command-line overrides,
+  whose runs a compare would otherwise mix with these."""
+  path = os.path.join(workdir, SWEEP_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous.get('common_overrides') != common:
+      raise UserError(f'{workdir} holds a sweep run with --config overrides '
+                      f'{previous.get("common_overrides")}, not {common}; use another --workdir '
+                      f'(or delete {path} to mix the two)')
+  rundir.write_json_atomic(path, {
+      'experiment': experiment.spec,
+      'base_config': experiment.base_config,
+      'common_overrides': common,
+      'metrics': list(experiment.metrics),
+      'group_by': list(experiment.group_by),
+      'members': [{'name': m.name, 'overrides': m.overrides} for m in experiment.members],
+  })

@@ -1,0 +1,249 @@
+"""Failing well: each bad input gets one `error:` line, exit status 2 and an untouched workdir;
+a non-finite loss stops the run naming the step and the last good checkpoint, or is skipped."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ln_jax import checkpoint
+from ln_jax import data as data_lib
+from ln_jax import resume
+from ln_jax import rundir
+from ln_jax import train
+from ln_jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = 'configs/pi_mnist.py:tiny'
+IDX_SIZES = {'train': 120, 'test': 30}
+
+
+def _write_idx(path: pathlib.Path, array: np.ndarray) -> None:
+  header = bytes([0, 0, 0x08, array.ndim]) + b''.join(n.to_bytes(4, 'big') for n in array.shape)
+  path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_mnist(folder: pathlib.Path) -> pathlib.Path:
+  """A small, valid set of the four MNIST IDX files."""
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for split, (images_name, labels_name) in data_lib.IDX_FILES.items():
+    n = IDX_SIZES[split]
+    _write_idx(folder / images_name, rng.integers(0, 256, (n, 28, 28)))
+    _write_idx(folder / labels_name, rng.integers(0, 10, n))
+  return folder
+
+
+def _corrupt(folder: pathlib.Path, how: str) -> pathlib.Path:
+  path = folder / data_lib.IDX_FILES['train'][0]
+  raw = path.read_bytes()
+  path.write_bytes(b'PK\x03\x04' + raw[4:] if how == 'magic' else raw[:-100])
+  return folder
+
+
+def _tree(root: pathlib.Path) -> dict:
+  """Every path under `root`, with the bytes of the files: equal trees mean nothing changed."""
+  return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+          for p in sorted(root.rglob('*'))}
+
+
+def _pi_mnist_config(variant: str):
+  spec = importlib.util.spec_from_file_location('pi_mnist_config', REPO / 'configs/pi_mnist.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def _config(variant: str):
+  # 20 steps per epoch, 40 in all: evaluations and checkpoints every 10 steps.
+  return _pi_mnist_config('tiny,data.valid_size=200,batch_size=20,num_epochs=2,steps_per_call=5,'
+                          'eval_every_epochs=0.5,checkpoint_every_epochs=0.5,' + variant)
+
+
+def _existing_run(workdir: pathlib.Path) -> pathlib.Path:
+  """A workdir holding the start of a `tiny` run (norm=layer)."""
+  workdir.mkdir()
+  rundir.write_json_atomic(str(workdir / rundir.CONFIG_FILE),
+                           rundir.describe_run(_pi_mnist_config('tiny')))
+  (workdir / rundir.METRICS_FILE).write_text('{"step": 16, "train_loss": 1.5}\n')
+  return workdir
+
+
+# Each case runs scripts/train.py: name -> (its arguments given the case's folder, text its error
+# line must hold). Unless a case says otherwise: --config=configs/pi_mnist.py:tiny and
+# --workdir=<folder>/run. One case per place a mistake is caught: flag parsing, the config file's
+# variant, check_config, the data, the workdir.
+CASES = {
+    'unknown_key': (lambda d: ['--config.nrom=layer'],
+                    "unknown config key 'nrom' (did you mean 'norm'?)"),
+    'unknown_nested_key': (lambda d: ['--config.model.widht=3'],
+                           "unknown config key 'model.widht'"),
+    'unknown_key_in_variant': (lambda d: [f'--config={TINY},nrom=layer'],
+                               "unknown config key 'nrom'"),
+    'wrong_type': (lambda d: ['--config.batch_size=abc'], 'batch_size=abc'),
+    'wrong_type_in_variant': (lambda d: [f'--config={TINY},learning_rate=fast'],
+                              "learning_rate='fast' should be of type float"),
+    'missing_config_file': (lambda d: ['--config=configs/no_such.py'],
+                            'config file configs/no_such.py not found'),
+    'zero_learning_rate': (lambda d: ['--config.learning_rate=0'],
+                           'learning_rate=0.0 must be positive'),
+    'batch_larger_than_training_set': (lambda d: ['--config.batch_size=501'],
+                                       'larger than the 500 training examples'),
+    'missing_data_dir': (lambda d: ['--config.data.source=idx', f'--config.data.dir={d}/none'],
+                         'is not a directory'),
+    'idx_bad_magic': (lambda d: ['--config.data.source=idx', '--config.data.valid_size=20',
+                                 f'--config.data.dir={_corrupt(_fake_mnist(d / "idx"), "magic")}'],
+                      'bad magic number'),
+    'idx_truncated': (lambda d: ['--config.data.source=idx', '--config.data.valid_size=20',
+                                 f'--config.data.dir={_corrupt(_fake_mnist(d / "idx"), "cut")}'],
+                      'truncated or corrupt'),
+    'workdir_is_a_file': (lambda d: [f'--workdir={_touch(d / "file")}'], 'is not a directory'),
+    'workdir_with_another_config': (
+        lambda d: [f'--workdir={_existing_run(d / "run")}', '--config.norm=batch'],
+        'holds a run with a different config (norm: layer -> batch); pass --fresh'),
+}
+if os.geteuid() != 0:  # root reads and writes whatever the permissions say
+  CASES['workdir_unreadable'] = (lambda d: [f'--workdir={_locked(d / "run")}'],
+                                 'is not readable and writable')
+
+# The other impossible values, caught by the same check_config as zero_learning_rate above, are
+# checked in this process: variant -> text of the UserError.
+VALUES = {
+    'learning_rate=-0.001': 'learning_rate=-0.001 must be positive',
+    'batch_size=0': 'batch_size=0 must be positive',
+    'norm=group': "unknown norm 'group'",
+    'model.name=cnn': "unknown model.name 'cnn'",
+    'data.name=cifar10': "unknown data.name 'cifar10'",
+    'optimizer=adagrad': "unknown optimizer 'adagrad'",
+    'on_nonfinite=ignore': "on_nonfinite='ignore' must be one of stop, skip",
+    'model.hidden_sizes=0:32': 'model.hidden_sizes=(0, 32) must be positive integers',
+    'num_epochs=0': 'num_epochs=0.0 must be positive',
+    'checkpoint_every_epochs=-1': 'checkpoint_every_epochs=-1.0 must be positive',
+}
+
+
+def _touch(path: pathlib.Path) -> pathlib.Path:
+  path.write_text('not a folder')
+  return path
+
+
+def _locked(path: pathlib.Path) -> pathlib.Path:
+  path.mkdir()
+  path.chmod(0)
+  return path
+
+
+def _run_case(name: str, folder: pathlib.Path) -> dict:
+  folder.mkdir()
+  args = CASES[name][0](folder)
+  if not any(a.startswith('--config=') for a in args):
+    args = [f'--config={TINY}', *args]
+  if not any(a.startswith('--workdir=') for a in args):
+    args.append(f'--workdir={folder / "run"}')
+  before = _tree(folder)
+  proc = subprocess.run([sys.executable, 'scripts/train.py', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  after = _tree(folder)
+  if (folder / 'run').exists():
+    (folder / 'run').chmod(0o755)  # let pytest clean up a locked folder
+  return {'returncode': proc.returncode, 'stderr': proc.stderr, 'touched': before != after}
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory) -> dict:
+  """All the cases at once, two at a time: each is a few seconds of imports."""
+  root = tmp_path_factory.mktemp('errors')
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    futures = {name: pool.submit(_run_case, name, root / name) for name in CASES}
+  return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.mark.parametrize('name', sorted(CASES))
+def test_bad_input_gets_one_error_line_and_changes_nothing(results, name):
+  result, expected = results[name], CASES[name][1]
+  lines = result['stderr'].strip().splitlines()
+  assert result['returncode'] == 2, result['stderr'][-2000:]
+  assert 'Traceback' not in result['stderr']
+  assert [line for line in lines if line.startswith('error:')] == [lines[-1]]
+  assert expected in lines[-1]
+  assert not result['touched'], 'the workdir or its folder changed'
+
+
+@pytest.mark.parametrize('variant', sorted(VALUES))
+def test_impossible_value_is_refused_before_anything_is_written(variant, tmp_path):
+  workdir = tmp_path / 'run'
+  with pytest.raises(UserError, match=re.escape(VALUES[variant])):
+    train.train_and_evaluate(_config(variant), str(workdir))
+  assert not workdir.exists()
+
+
+def test_wrong_type_inside_a_tuple_is_refused(tmp_path):
+  config = _config('')
+  with config.unlocked():
+    config.model.hidden_sizes = ('a', 'b')  # what --config.model.hidden_sizes=a,b gives
+  with pytest.raises(UserError, match=re.escape("model.hidden_sizes=('a', 'b') must be positive")):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_workdir_that_cannot_be_created_is_refused(tmp_path):
+  (tmp_path / 'file').write_text('not a folder')
+  with pytest.raises(UserError, match='cannot create workdir .*file is not a writable directory'):
+    resume.check_workdir(str(tmp_path / 'file' / 'run'))
+
+
+@pytest.fixture
+def poison_inputs(monkeypatch):
+  """poison_inputs(steps) makes the model's inputs NaN in those training steps (counted from 1),
+  so that the loss, the gradients and BatchNorm's batch statistics all turn NaN."""
+  real_train_step = train.train_step
+
+  def poison(steps):
+    def train_step(state, batch):
+      bad = jnp.isin(state.step + 1, jnp.asarray(steps))
+      apply = state.apply_fn
+
+      def poisoned_apply(variables, inputs, **kwargs):
+        return apply(variables, jnp.where(bad, jnp.nan, inputs), **kwargs)
+
+      new_state, metrics = real_train_step(state.replace(apply_fn=poisoned_apply), batch)
+      return new_state.replace(apply_fn=apply), metrics
+
+    monkeypatch.setattr(train, 'train_step', train_step)
+    train.train_steps.clear_cache()
+
+  yield poison
+  monkeypatch.undo()
+  train.train_steps.clear_cache()
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path, poison_inputs):
+  poison_inputs([21])
+  with pytest.raises(train.TrainingDiverged) as diverged:
+    train.train_and_evaluate(_config('on_nonfinite=stop'), str(tmp_path))
+  message = str(diverged.value)
+  assert 'non-finite at step 21 ' in message
+  assert f'last good checkpoint is step 20 in {tmp_path}/checkpoints/20' in message
+  assert [r['step'] for r in rundir.read_metrics(str(tmp_path))] == [10, 20]
+  assert checkpoint.manager(str(tmp_path), 2).all_steps() == [10, 20]
+  assert not rundir.is_complete(str(tmp_path))
+
+
+def test_nonfinite_loss_with_skip_skips_the_update_and_counts_it(tmp_path, poison_inputs):
+  poison_inputs([13, 27])
+  # BatchNorm: a skipped step must also leave the running averages (used to evaluate) alone.
+  train.train_and_evaluate(_config('norm=batch,on_nonfinite=skip'), str(tmp_path))
+  records = rundir.read_metrics(str(tmp_path))
+  assert [r['skipped_steps'] for r in records] == [0, 1, 2, 2]
+  assert all(r[key] is not None and math.isfinite(r[key])
+             for r in records for key in ('train_loss', 'test_loss'))
+  assert rundir.is_complete(str(tmp_path))

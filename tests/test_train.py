@@ -1,0 +1,136 @@
+"""The training loop on synthetic data: learning, evaluation arithmetic, the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from ln_jax import checkpoint
+from ln_jax import models
+from ln_jax import rundir
+from ln_jax import train
+
+
+@pytest.mark.parametrize('norm', ['layer', 'batch', 'none'])
+def test_training_on_synthetic_data_lowers_the_loss(tmp_path, tiny_config, norm):
+  tiny_config.norm = norm
+  final = train.train_and_evaluate(tiny_config, str(tmp_path))
+  records = rundir.read_metrics(str(tmp_path))
+  assert len(records) == 4  # 2 epochs, evaluated every half epoch
+  assert records[-1]['train_loss'] < 0.5 * records[0]['train_loss']
+  assert final['test_error'] < 0.2
+  assert final == records[-1]
+
+
+def test_run_directory_describes_itself(tmp_path, tiny_config):
+  tiny_config.norm = 'batch'
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  with open(tmp_path / 'config.json') as f:
+    described = json.load(f)
+  assert described['config']['norm'] == 'batch'
+  assert described['config']['data']['source'] == 'synthetic'
+  assert {'jax', 'flax', 'optax'} <= set(described['versions'])
+  assert described['device']['backend'] == 'cpu'
+  record = rundir.read_metrics(str(tmp_path))[0]
+  for key in ('step', 'epoch', 'train_loss', 'test_loss', 'test_error', 'valid_error',
+              'elapsed_s'):
+    assert key in record
+  steps_per_epoch = (600 - 100) // 16
+  assert record['step'] == round(0.5 * steps_per_epoch)
+  assert record['epoch'] == pytest.approx(record['step'] / steps_per_epoch)
+  assert rundir.is_complete(str(tmp_path))
+
+
+def test_tensorboard_reads_the_event_files(tmp_path, tiny_config):
+  event_accumulator = pytest.importorskip(
+      'tensorboard.backend.event_processing.event_accumulator')
+  train.train_and_evaluate(tiny_config, str(tmp_path))
+  accumulator = event_accumulator.EventAccumulator(str(tmp_path))
+  accumulator.Reload()
+  events = accumulator.Scalars('test_error')
+  records = rundir.read_metrics(str(tmp_path))
+  assert [e.step for e in events] == [r['step'] for r in records]
+  np.testing.assert_allclose([e.value for e in events], [r['test_error'] for r in records],
+                             rtol=1e-6)
+
+
+def test_final_checkpoint_restores_the_trained_state(tmp_path, tiny_config):
+  tiny_config.norm = 'batch'
+  final = train.train_and_evaluate(tiny_config, str(tmp_path))
+  model = models.create_model(tiny_config)
+  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(1),
+                                   np.zeros((1, 784), np.uint8))
+  target = {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
+            'batch_stats': state.batch_stats}
+  restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path), 2), target)
+  assert int(restored['step']) == final['step']
+  restored_state = state.replace(params=restored['params'],
+                                 batch_stats=restored['batch_stats'])
+  from ln_jax import data
+  test = data.load_splits(tiny_config.data, tiny_config.seed)['test']
+  metrics = train.evaluate(restored_state, test.images, test.labels, batch_size=64)
+  assert float(metrics['error']) == pytest.approx(final['test_error'], abs=1e-6)
+
+
+def test_evaluate_matches_numpy_with_a_ragged_last_batch(tiny_config):
+  model = models.create_model(tiny_config)
+  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(0),
+                                   np.zeros((1, 784), np.uint8))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (37, 784), dtype=np.uint8)
+  labels = rng.integers(0, 10, 37).astype(np.int32)
+  metrics = train.evaluate(state, images, labels, batch_size=16)  # 16 + 16 + 5
+  logits = np.asarray(model.apply({'params': state.params}, images / 255.0))
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  np.testing.assert_allclose(metrics['loss'], np.mean(nll), rtol=1e-5)
+  np.testing.assert_allclose(metrics['error'], np.mean(logits.argmax(-1) != labels), rtol=1e-6)
+
+
+def test_train_steps_threads_batch_stats_and_follows_the_epoch_order(tiny_config):
+  tiny_config.norm = 'batch'
+  model = models.create_model(tiny_config)
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (64, 784), dtype=np.uint8)
+  labels = rng.integers(0, 10, 64).astype(np.int32)
+  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(0), images[:1])
+  order = train.epoch_order(jax.random.PRNGKey(5), 0, 64)
+  fused, sums = train.train_steps(state, images, labels, order, 1, num_steps=2, batch_size=16)
+  # The same two steps by hand: batches 1 and 2 of the epoch order.
+  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(0), images[:1])
+  losses = []
+  for i in (1, 2):
+    idx = np.asarray(order[i * 16:(i + 1) * 16])
+    state, metrics = train.train_step(state, {'image': images[idx], 'label': labels[idx]})
+    losses.append(float(metrics['loss']))
+  assert int(fused.step) == 2
+  np.testing.assert_allclose(float(sums['loss']), sum(losses), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(fused.batch_stats), jax.tree.leaves(state.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(jax.tree.leaves(fused.batch_stats)[0], 0.0)
+
+
+def test_schedule_evaluates_at_fractions_of_an_epoch(tiny_config):
+  tiny_config.batch_size = 4
+  tiny_config.num_epochs = 1.5
+  tiny_config.eval_every_epochs = 0.1
+  tiny_config.steps_per_call = 7
+  schedule = train.Schedule(tiny_config, num_train=400)
+  assert (schedule.steps_per_epoch, schedule.total_steps, schedule.eval_every) == (100, 150, 10)
+  step, chunks = 0, []
+  while step < schedule.total_steps:
+    chunks.append(schedule.next_chunk(step))
+    step += chunks[-1]
+  assert step == 150 and max(chunks) == 7 and set(chunks) == {7, 3}
+  assert [s for s in range(1, 151) if schedule.is_eval_step(s)] == list(range(10, 151, 10))
+
+
+def test_non_finite_loss_stops_the_run(tmp_path, tiny_config):
+  tiny_config.learning_rate = 1e30
+  tiny_config.optimizer = 'sgd'
+  with pytest.raises(train.TrainingDiverged, match='non-finite'):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
