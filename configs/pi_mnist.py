@@ -22,6 +22,8 @@ def get_config(arg=None):
   config.bn_momentum = 0.99                 # Flax convention: ra <- m * ra + (1 - m) * batch
   config.bn_unbiased_variance = False       # the paper uses the unbiased variance at batch 4
   config.bn_eval_stats = 'running'          # 'running' averages or 'batch' statistics at eval
+  config.bn_ghost_batches = 1               # BN statistics per batch_size / n examples ("ghost"
+                                            # batches); n = num_devices: per-device statistics
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'mlp'
@@ -52,6 +54,8 @@ def get_config(arg=None):
   config.eval_every_epochs = 1.0            # fractions allowed: 0.1 evaluates 10x per epoch
   config.eval_batch_size = 1000
   config.steps_per_call = 100               # optimizer steps fused into one compiled call
+  config.num_devices = 0                    # data parallel over this many devices (0: all);
+                                            # batch_size must be a multiple of it
   config.log_every_seconds = 10.0
   config.checkpoint_every_epochs = 1.0      # fractions allowed; also saved at the end
   config.checkpoint_keep = 2                # newest checkpoints kept

@@ -127,6 +127,9 @@ class BatchNorm(nn.Module):
   - Under `jax.jit` with the batch sharded over a device mesh the reductions are global, so the
     statistics are those of the whole batch. Inside `shard_map`/`pmap`, set `axis_name` to
     average over devices (leave it None for per-device, "ghost", statistics).
+  - `ghost_batches=G` splits the batch into G consecutive groups with statistics of their own
+    ("ghost" batches); with G = the number of devices each device keeps its own statistics, and
+    under jit no statistics cross devices. The running averages take the mean over the groups.
   """
   use_running_average: bool | None = None
   momentum: float = 0.99
@@ -138,6 +141,7 @@ class BatchNorm(nn.Module):
   scale_init: Callable[..., Any] = nn.initializers.ones
   bias_init: Callable[..., Any] = nn.initializers.zeros
   axis_name: str | None = None
+  ghost_batches: int = 1
   param_dtype: Any = jnp.float32
 
   @nn.compact
@@ -152,6 +156,8 @@ class BatchNorm(nn.Module):
     if use_running_average:
       mean, var = running_mean.value, running_var.value
       centered = jnp.asarray(x, jnp.float32) - mean
+    elif self.ghost_batches > 1:
+      centered, mean, var = self._ghost_statistics(x, mask)
     else:
       centered, mean, var, count = centered_moments(
           x, axes, mask=None if mask is None else mask[..., None],
@@ -166,15 +172,31 @@ class BatchNorm(nn.Module):
       mean, var, count = (jnp.reshape(v, (-1,)) for v in (mean, var, count))
       if self.unbiased_variance:
         var = var * count / jnp.maximum(count - 1.0, 1.0)
-      if not self.is_initializing() and self.is_mutable_collection('batch_stats'):
-        m = self.momentum
-        running_mean.value = m * running_mean.value + (1.0 - m) * mean
-        running_var.value = m * running_var.value + (1.0 - m) * var
+    if (not use_running_average and not self.is_initializing()
+        and self.is_mutable_collection('batch_stats')):
+      m = self.momentum
+      # Ghost batches: the mean over the groups' statistics (an exact identity otherwise).
+      mean_f, var_f = (jnp.mean(jnp.reshape(v, (-1, features)), 0) for v in (mean, var))
+      running_mean.value = m * running_mean.value + (1.0 - m) * mean_f
+      running_var.value = m * running_var.value + (1.0 - m) * var_f
 
-    y = centered * lax.rsqrt(var + self.epsilon)
+    y = jnp.reshape(centered * lax.rsqrt(var + self.epsilon), x.shape)
     y = _affine(self, y, (features,), self.use_scale, self.use_bias, self.scale_init,
                 self.bias_init, self.param_dtype)
     return y.astype(x.dtype)
+
+  def _ghost_statistics(self, x, mask):
+    """(centered, mean, var) of x split into [groups, batch / groups, ..., features]."""
+    groups = self.ghost_batches
+    if x.shape[0] % groups:
+      raise ValueError(f'a batch of {x.shape[0]} cannot be split into {groups} ghost batches')
+    x_g = jnp.reshape(x, (groups, -1) + x.shape[1:])
+    mask_g = None if mask is None else jnp.reshape(mask, (groups, -1) + mask.shape[1:])[..., None]
+    centered, mean, var, count = centered_moments(
+        x_g, tuple(range(1, x_g.ndim - 1)), mask=mask_g, use_fast_variance=self.use_fast_variance)
+    if self.unbiased_variance:
+      var = var * count / jnp.maximum(count - 1.0, 1.0)
+    return centered, mean, var
 
 
 class RMSNorm(nn.Module):
@@ -242,9 +264,10 @@ def make_norm(config) -> NormFactory | None:
 
   The factory hides which normalizer it builds, so one model definition serves all of them.
   Reads config.norm, norm_epsilon, norm_fast_variance, bn_momentum, bn_unbiased_variance,
-  bn_eval_stats ('running' | 'batch'). 'weight' normalizes the dense layers themselves (see
-  `make_dense`), so like 'none' it has no norm module. 'rms' gets a bias: the dense layer before a
-  norm has none, and both papers add b after the normalization, f(norm(a) + b).
+  bn_eval_stats ('running' | 'batch') and bn_ghost_batches (1 when absent). 'weight' normalizes
+  the dense layers themselves (see `make_dense`), so like 'none' it has no norm module. 'rms' gets
+  a bias: the dense layer before a norm has none, and both papers add b after the normalization,
+  f(norm(a) + b).
   """
   name = config.norm
   common = dict(epsilon=config.norm_epsilon, use_fast_variance=config.norm_fast_variance)
@@ -266,7 +289,8 @@ def make_norm(config) -> NormFactory | None:
       return BatchNorm(use_running_average=not (train or eval_with_batch_stats),
                        momentum=config.bn_momentum,
                        unbiased_variance=config.bn_unbiased_variance,
-                       **{**common, **overrides})
+                       **{**common, 'ghost_batches': config.get('bn_ghost_batches', 1),
+                          **overrides})
     return make_batch_norm
   raise ValueError(f'unknown norm {name!r}; choose one of {", ".join(NORMS)}')
 

@@ -31,6 +31,7 @@ import optax
 from ln_jax import checkpoint
 from ln_jax import data as data_lib
 from ln_jax import models
+from ln_jax import parallel
 from ln_jax import recurrent
 from ln_jax import resume
 from ln_jax import rundir
@@ -139,31 +140,37 @@ def epoch_order(data_key, epoch, num_examples: int):
   return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
 
-@functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size'), donate_argnums=(0,))
-def train_steps(state, images, labels, order, position, *, num_steps: int, batch_size: int):
+@functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size', 'mesh'),
+                   donate_argnums=(0,))
+def train_steps(state, images, labels, order, position, window=None, *, num_steps: int,
+                batch_size: int, mesh=None):
   """`num_steps` optimizer steps, batch i taken from `order` at (position + i) * batch_size.
 
-  Returns the new state and the metrics of `train_step` summed over the steps, plus
-  'first_nonfinite': the step count (`state.step` after it) of the first step with a non-finite
-  loss, or resume.NO_NONFINITE.
+  Returns the new state and `window` (default: `resume.empty_window()`) with the metrics of
+  `train_step` added one step at a time, plus 'first_nonfinite': the step count (`state.step`
+  after it) of the first step with a non-finite loss, or resume.NO_NONFINITE. Adding in step
+  order inside the scan keeps the float sums, not only the state, independent of how the steps
+  are grouped into calls. With a `mesh` (see `parallel`) each batch is split over its devices.
   """
-  first_step = state.step
+  if window is None:
+    window = resume.empty_window()
 
-  def body(state, i):
+  def body(carry, i):
+    state, window = carry
     idx = jax.lax.dynamic_slice_in_dim(order, (position + i) * batch_size, batch_size)
+    idx = parallel.shard_batch(idx, mesh)
     state, metrics = train_step(state, {'image': images[idx], 'label': labels[idx]})
-    return state, metrics
+    state = parallel.keep_replicated(state, mesh)
+    metrics['first_nonfinite'] = jnp.where(metrics['nonfinite'] > 0, state.step,
+                                           resume.NO_NONFINITE).astype(jnp.int32)
+    return (state, resume.accumulate(window, metrics)), None
 
-  state, metrics = jax.lax.scan(body, state, jnp.arange(num_steps))
-  bad = metrics['nonfinite'] > 0
-  totals = jax.tree.map(jnp.sum, metrics)
-  totals['first_nonfinite'] = jnp.where(jnp.any(bad), first_step + 1 + jnp.argmax(bad),
-                                        resume.NO_NONFINITE).astype(jnp.int32)
-  return state, totals
+  (state, window), _ = jax.lax.scan(body, (state, window), jnp.arange(num_steps))
+  return state, window
 
 
-@functools.partial(jax.jit, static_argnames=('batch_size',))
-def evaluate(state, images, labels, *, batch_size: int):
+@functools.partial(jax.jit, static_argnames=('batch_size', 'mesh'))
+def evaluate(state, images, labels, *, batch_size: int, mesh=None):
   """Mean NLL and error over a whole split, in compiled batches (the last one wraps around and
   its repeated examples are masked out of the means)."""
   n = labels.shape[0]
@@ -174,6 +181,7 @@ def evaluate(state, images, labels, *, batch_size: int):
 
   def body(totals, xs):
     batch_idx, batch_weights = xs
+    batch_idx = parallel.shard_batch(batch_idx, mesh)
     logits = state.apply_fn(_variables(state, state.params), preprocess(images[batch_idx]),
                             train=False)
     nll, errors = _loss_and_errors(logits, labels[batch_idx])
@@ -262,6 +270,17 @@ def check_config(config, num_train: int | None = None) -> None:
                    f'{", ".join(models.ACTIVATIONS)}'))
   if config.model.name == 'recurrent':
     checks.extend(recurrent.config_checks(config))
+  ghost_batches = config.get('bn_ghost_batches', 1)
+  checks += [
+      (config.get('num_devices', 0) >= 0,
+       f'num_devices={config.get("num_devices")} must be >= 0 (0: all devices)'),
+      (ghost_batches >= 1 and config.batch_size % ghost_batches == 0,
+       f'bn_ghost_batches={ghost_batches} must be >= 1 and divide batch_size='
+       f'{config.batch_size}'),
+      (ghost_batches == 1 or config.model.name == 'mlp',
+       f'bn_ghost_batches={ghost_batches} applies to the MLP\'s BatchNorm only; leave it at 1 '
+       f'for model.name={config.model.name}'),
+  ]
   if num_train is not None:
     checks.append((config.batch_size <= num_train,
                    f'batch_size={config.batch_size} is larger than the {num_train} training '
@@ -290,7 +309,7 @@ def _check_finite(config, loop: resume.LoopState, ckpt, workdir: str) -> None:
 
 
 def _record(config, state, loop: resume.LoopState, step: int, schedule: Schedule,
-            eval_sets: dict) -> dict:
+            eval_sets: dict, mesh=None) -> dict:
   """The metrics.jsonl line for an evaluation at `step` (wall-clock fields left to the caller)."""
   train = _to_float(loop.window)  # waits for the device
   counted = loop.window_steps - int(train['nonfinite'])  # skipped updates report no loss
@@ -300,8 +319,10 @@ def _record(config, state, loop: resume.LoopState, step: int, schedule: Schedule
   if config.on_nonfinite == 'skip':
     record['skipped_steps'] = loop.skipped_steps + int(train['nonfinite'])
   eval_batch = config.batch_size if config.bn_eval_stats == 'batch' else config.eval_batch_size
+  if mesh is not None:
+    eval_batch = parallel.round_up(eval_batch, mesh)  # the padding is masked out of the means
   for name, (images, labels) in eval_sets.items():
-    metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch))
+    metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch, mesh=mesh))
     record[f'{name}_loss'], record[f'{name}_error'] = metrics['loss'], metrics['error']
   return record
 
@@ -330,6 +351,8 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
   resume.check_workdir(workdir)
   splits = data_lib.load_splits(config.data, config.seed)
   check_config(config, num_train=len(splits['train']))
+  mesh = parallel.make_mesh(config.get('num_devices', 0))
+  parallel.check_divisible(config.batch_size, mesh)
   if _prepare_workdir(config, workdir, fresh) == resume.COMPLETE:
     logging.info('%s holds this run, finished; nothing to do (--fresh runs it again)', workdir)
     return resume.read_summary(workdir)['final']
@@ -337,18 +360,21 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
 
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   model = models.create_model(config)
-  train_images = jax.device_put(splits['train'].images)
-  train_labels = jax.device_put(splits['train'].labels)
-  eval_sets = {name: (jax.device_put(s.images), jax.device_put(s.labels))
+  train_images, train_labels = parallel.replicate(splits['train'], mesh)
+  eval_sets = {name: parallel.replicate(s, mesh)
                for name, s in splits.items() if name != 'train' and len(s)}
   state = create_train_state(config, model, init_key, splits['train'].images[:1])
+  state = parallel.replicate(state, mesh)
   logging.info('%s: %d parameters; %d steps (%d per epoch), evaluation every %d steps',
                config.model.name,
                sum(np.size(p) for p in jax.tree.leaves(state.params)),
                schedule.total_steps, schedule.steps_per_epoch, schedule.eval_every)
+  logging.info('data parallel over %d device(s): %s', mesh.size, mesh.devices.tolist())
 
   ckpt = checkpoint.manager(workdir, config.checkpoint_keep)
   state, loop = resume.restore(ckpt, state)
+  # Placed as train_steps returns it, so its second call reuses the first one's program.
+  loop.window = parallel.replicate(loop.window, mesh)
   step = int(state.step)
   dropped = resume.keep_metrics_through(workdir, step)
   if step or dropped:
@@ -372,26 +398,27 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
                             f'{ckpt.directory}; run the same command again to resume', stop.signum)
         epoch = step // schedule.steps_per_epoch
         if epoch != order_epoch:
-          order, order_epoch = epoch_order(data_key, epoch, len(splits['train'])), epoch
+          order = parallel.replicate(epoch_order(data_key, epoch, len(splits['train'])), mesh)
+          order_epoch = epoch
         num_steps, start = schedule.next_chunk(step), step
-        state, sums = train_steps(state, train_images, train_labels, order,
-                                  step - epoch * schedule.steps_per_epoch,
-                                  num_steps=num_steps, batch_size=config.batch_size)
-        loop.window = resume.accumulate(loop.window, sums)
+        state, loop.window = train_steps(state, train_images, train_labels, order,
+                                         step - epoch * schedule.steps_per_epoch, loop.window,
+                                         num_steps=num_steps, batch_size=config.batch_size,
+                                         mesh=mesh)
         loop.window_steps += num_steps
         rate_steps += num_steps
         step += num_steps
-        progress.update(step, sums)
+        progress.update(step, loop.window)
         if schedule.is_eval_step(step):
           _check_finite(config, loop, ckpt, workdir)
-          record = _record(config, state, loop, step, schedule, eval_sets)
+          record = _record(config, state, loop, step, schedule, eval_sets, mesh)
           record['elapsed_s'] = loop.elapsed_s + progress.elapsed()
           record['steps_per_s'] = rate_steps / max(time.time() - rate_start, 1e-9)
           writer.write(record)
           progress.report(record)
           last = record
           loop.skipped_steps = record.get('skipped_steps', 0)
-          loop.window, loop.window_steps = resume.empty_window(), 0
+          loop.window, loop.window_steps = parallel.replicate(resume.empty_window(), mesh), 0
           rate_steps, rate_start = 0, time.time()
         if schedule.is_checkpoint_step(start, step):
           save()

@@ -25,12 +25,17 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created if missi
                                 'there with the same config is resumed.')
 _FRESH = flags.DEFINE_bool('fresh', False, 'Delete the run already in --workdir (config, metrics, '
                            'events, checkpoints) and start over.')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Multi-host: join the job via jax.distributed.initialize() first.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if _DISTRIBUTED.value:
+    from ln_jax import parallel
+    parallel.initialize_distributed()
   from ln_jax import train  # imports JAX: keep flag errors fast
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value)
 

@@ -1,0 +1,186 @@
+"""The benchmark suite: runs the parts, checks the speed targets, formats tables and the JSON."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import jax
+
+from ln_jax import rundir
+from ln_jax.benchmarks import cells
+from ln_jax.benchmarks import layers
+from ln_jax.benchmarks import load_config
+from ln_jax.benchmarks import training
+
+PI_MNIST = os.path.join('configs', 'pi_mnist.py')
+# (batch size, competitor, least ln_jax / competitor steps/s ratio) the project aims for.
+SPEED_TARGETS = ((4, 'jit_loop', 1.5), (4, 'torch', 4.0), (128, 'jit_loop', 1.0))
+NORM_PARITY = 0.15  # BN and no-norm runs within 15% of LN's speed
+PARITY_NORMS = ('batch', 'none')
+
+
+def machine() -> dict:
+  info = dict(rundir.device_info(), cpu=_cpu_model(), cpu_count=os.cpu_count(),
+              python=platform.python_version(), versions=rundir.package_versions())
+  try:
+    import torch
+    info['versions']['torch'] = torch.__version__
+    info['torch_threads'] = torch.get_num_threads()
+  except ImportError:
+    pass
+  return info
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def mlp_config(norm: str, batch_size: int, overrides: str = ''):
+  arg = ','.join(a for a in (f'norm={norm}', f'batch_size={batch_size}', overrides) if a)
+  return load_config(PI_MNIST, arg)
+
+
+def run_training(batch_sizes, norms, contenders, *, steps: int, rounds: int, warmup_steps: int,
+                 overrides: str = '', num_examples: int = training.NUM_TRAIN) -> list[dict]:
+  """Steps/s of every (contender, norm) at each batch size, all interleaved per batch size.
+
+  Each is timed over min(`steps`, one epoch) steps; `steps=0` means one epoch.
+  """
+  images, labels = training.make_dataset(num_examples)
+  rows = []
+  for batch_size in batch_sizes:
+    runners = {}
+    for norm in norms:
+      config = mlp_config(norm, batch_size, overrides)
+      for name in contenders:
+        if name == 'torch' and norm not in training.TorchRunner.NORMS:
+          continue  # listed in the report as missing, not an error
+        runners[(name, norm)] = training.RUNNERS[name](config, images, labels)
+    epoch = len(labels) // batch_size
+    measured = training.measure(runners, min(steps, epoch) if steps else epoch, rounds,
+                                warmup_steps)
+    for (name, norm), result in measured.items():
+      rows.append({'batch_size': batch_size, 'norm': norm, 'contender': name,
+                   'steps_per_s': result['steps_per_s'],
+                   'examples_per_s': result['steps_per_s'] * batch_size,
+                   'rounds': result['rounds'], 'steps': result['steps'],
+                   'cpu_per_wall': result['cpu_per_wall']})
+    del runners
+  return rows
+
+
+def training_ratios(rows: list[dict]) -> list[dict]:
+  """ln_jax against each competitor, and each norm against LN, with the targets where set."""
+  rate = {(r['batch_size'], r['norm'], r['contender']): r['steps_per_s'] for r in rows}
+  targets = {(b, c): t for b, c, t in SPEED_TARGETS}
+  out = []
+  for (batch_size, norm, name), value in sorted(rate.items()):
+    if name == 'ln_jax':
+      continue
+    ours = rate.get((batch_size, norm, 'ln_jax'))
+    if ours is None:
+      continue
+    target = targets.get((batch_size, name))
+    out.append({'what': f'ln_jax / {name}', 'batch_size': batch_size, 'norm': norm,
+                'ratio': ours / value, 'target': f'>= {target}' if target else None,
+                'met': None if target is None else ours / value >= target})
+  for (batch_size, norm, name), value in sorted(rate.items()):
+    reference = rate.get((batch_size, 'layer', name))
+    if norm == 'layer' or reference is None or name != 'ln_jax':
+      continue
+    ratio = value / reference
+    targeted = norm in PARITY_NORMS
+    out.append({'what': f'{norm} / layer (ln_jax)', 'batch_size': batch_size, 'norm': norm,
+                'ratio': ratio, 'target': f'within {NORM_PARITY:.0%}' if targeted else None,
+                'met': abs(ratio - 1.0) <= NORM_PARITY if targeted else None})
+  return out
+
+
+def run_layer_norm(rows: int, features: int, include_torch: bool, repeats: int,
+                   peak_gbs: float = 0.0) -> list[dict]:
+  results = layers.measure_layer_norm(rows, features,
+                                      layers.layer_norm_contenders(include_torch), repeats=repeats)
+  for result in results:
+    if peak_gbs > 0:
+      result['fraction_of_peak'] = result['gb_per_s'] / peak_gbs
+  return results
+
+
+def run_cells(batch_size: int, *, steps: int, rounds: int, warmup_steps: int,
+              variant: str = 'rows', extra: str = '') -> dict:
+  reason = cells.missing()
+  if reason is not None:
+    return {'skipped': reason}
+  images, labels = training.make_dataset()
+  return cells.measure_cells(variant, batch_size, images, labels, steps=steps, rounds=rounds,
+                             warmup_steps=warmup_steps, extra=extra)
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+  """Plain-text table; columns are (header, key, format spec)."""
+  cells_ = [[h for h, _, _ in columns]]
+  for row in rows:
+    cells_.append(['' if row.get(k) is None else format(row[k], spec) for _, k, spec in columns])
+  widths = [max(len(r[i]) for r in cells_) for i in range(len(columns))]
+  lines = ['  '.join(c.rjust(w) for c, w in zip(r, widths)) for r in cells_]
+  lines.insert(1, '  '.join('-' * w for w in widths))
+  return '\n'.join(lines)
+
+
+def report(results: dict) -> str:
+  """The human-readable summary of `results` (what scripts/bench.py writes as JSON)."""
+  m = results['machine']
+  parts = [f"machine: {m['cpu']} ({m['cpu_count']} CPUs), jax {m['backend']} x{m['count']} "
+           f"{m['kind']}; load average before/after: {results['load_average_before']} / "
+           f"{results['load_average_after']}"]
+  if 'training' in results:
+    parts += [f"\nTraining throughput, MLP {results['model']}, Adam "
+              f"(median of {results['options']['rounds']} interleaved rounds)",
+              table(results['training'], [('batch', 'batch_size', 'd'), ('norm', 'norm', 's'),
+                                          ('contender', 'contender', 's'),
+                                          ('steps/s', 'steps_per_s', '.1f'),
+                                          ('examples/s', 'examples_per_s', '.0f')]),
+              '', table(results['training_ratios'],
+                        [('ratio', 'what', 's'), ('batch', 'batch_size', 'd'),
+                         ('norm', 'norm', 's'), ('value', 'ratio', '.2f'),
+                         ('target', 'target', 's'), ('met', 'met', '')])]
+  if 'layer_norm' in results:
+    columns = [('LayerNorm fwd+bwd', 'contender', 's'), ('ms/call', 'ms_per_call', '.3f'),
+               ('GB/s', 'gb_per_s', '.2f')]
+    if any('fraction_of_peak' in r for r in results['layer_norm']):
+      columns.append(('of peak', 'fraction_of_peak', '.1%'))
+    rows = [dict(r, ms_per_call=1e3 * r['seconds_per_call']) for r in results['layer_norm']]
+    parts += [f"\nLayerNorm forward+backward, float32 {results['layer_norm'][0]['shape']} "
+              '(bytes = 5 x input size)', table(rows, columns)]
+  if 'cells' in results:
+    c = results['cells']
+    if 'rows' in c and c['rows']:
+      parts += ['\nRecurrent training steps (seq_mnist)',
+                table(c['rows'], [('norm', 'norm', 's'), ('cell', 'cell', 's'),
+                                  ('hidden', 'hidden_size', ''), ('batch', 'batch_size', 'd'),
+                                  ('ms/step', 'ms_per_step', '.2f'),
+                                  ('x plain', 'vs_none', '.2f')])]
+    for norm, reason in c.get('skipped', {}).items() if isinstance(c.get('skipped'), dict) else []:
+      parts.append(f'recurrent {norm}: skipped ({reason})')
+    if isinstance(c.get('skipped'), str):
+      parts.append(f"\nRecurrent cells: skipped ({c['skipped']})")
+  return '\n'.join(parts)
+
+
+def devices_summary() -> str:
+  return ', '.join(sorted({d.device_kind for d in jax.devices()}))

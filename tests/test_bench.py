@@ -1,0 +1,65 @@
+"""The speed benchmark runs end to end on a toy model; no speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT
+from ln_jax.benchmarks import suite
+from ln_jax.benchmarks import training
+
+
+def test_training_benchmark_measures_every_contender_and_norm():
+  contenders = ['ln_jax', 'jit_loop'] + (['torch'] if training.torch_available() else [])
+  rows = suite.run_training([4], ['batch'], contenders, steps=3, rounds=2,
+                            warmup_steps=1, overrides='model.hidden_sizes=16,steps_per_call=2',
+                            num_examples=64)
+  assert [(r['norm'], r['contender']) for r in rows] == [('batch', c) for c in contenders]
+  for row in rows:
+    assert len(row['rounds']) == 2 and row['steps_per_s'] > 0
+    assert row['examples_per_s'] == row['steps_per_s'] * 4
+  # ln_jax runs whole fused calls: 2 steps each, so 3 requested steps per round become 2.
+  assert all(r['steps'] == [2, 2] for r in rows if r['contender'] == 'ln_jax')
+  text = suite.report({'machine': suite.machine(), 'load_average_before': None,
+                       'load_average_after': None, 'options': {'rounds': 2}, 'model': '784-16-10',
+                       'training': rows, 'training_ratios': suite.training_ratios(rows)})
+  assert 'ln_jax / jit_loop' in text
+
+
+def test_ratios_compare_ln_jax_with_each_contender_and_norms_with_layer_norm():
+  rate = {('layer', 'ln_jax'): 30.0, ('layer', 'jit_loop'): 10.0, ('layer', 'torch'): 10.0,
+          ('batch', 'ln_jax'): 24.0, ('batch', 'jit_loop'): 20.0}
+  rows = [{'batch_size': 4, 'norm': n, 'contender': c, 'steps_per_s': v}
+          for (n, c), v in rate.items()]
+  ratios = {(r['what'], r['norm']): r for r in suite.training_ratios(rows)}
+  assert ratios[('ln_jax / jit_loop', 'layer')]['ratio'] == 3.0
+  assert ratios[('ln_jax / jit_loop', 'layer')]['met'] is True      # target 1.5
+  assert ratios[('ln_jax / torch', 'layer')]['met'] is False        # 3.0 < 4.0
+  assert ratios[('ln_jax / jit_loop', 'batch')]['met'] is False     # 1.2 < 1.5
+  assert ratios[('batch / layer (ln_jax)', 'batch')]['ratio'] == 0.8
+  assert ratios[('batch / layer (ln_jax)', 'batch')]['met'] is False  # 20% slower
+
+
+def test_bench_script_writes_json_and_rejects_bad_flags(tmp_path):
+  script = os.path.join(REPO_ROOT, 'scripts', 'bench.py')
+  bad = subprocess.run([sys.executable, script, '--batch_sizes=4,x'], capture_output=True,
+                       text=True, timeout=120)
+  assert bad.returncode == 2
+  assert bad.stderr.strip().splitlines() == [
+      'error: --batch_sizes=4,x must be integers, e.g. 4,128']
+  output = tmp_path / 'bench.json'
+  ok = subprocess.run([sys.executable, script, '--quick', '--parts=layer_norm',
+                       '--ln_shape=8,16', '--peak_gbs=100', '--contenders=ln_jax',
+                       f'--output={output}'],
+                      capture_output=True, text=True, timeout=300)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  results = json.loads(output.read_text())
+  assert [r['contender'] for r in results['layer_norm']] == ['ln_jax', 'flax']
+  for r in results['layer_norm']:
+    assert r['shape'] == [8, 16]
+    assert abs(r['gb_per_s'] - 5 * 8 * 16 * 4 / r['seconds_per_call'] / 1e9) < 1e-9
+    assert abs(r['fraction_of_peak'] - r['gb_per_s'] / 100.0) < 1e-12
+  assert 'LayerNorm forward+backward' in ok.stdout
