@@ -33,6 +33,11 @@ def get_config(arg=None):
     del config.norm_logits                # the MLP's; the classifier's Dense is never normalized
     config.norm = 'layer'                 # 'layer' | 'batch' | 'none': the cell variant
     config.bn_gamma_init = 0.1            # recurrent BN's gain init (Cooijmans et al.)
+    # Recurrent BN evaluates with batch statistics here. The blank top rows of MNIST make
+    # features that are (almost) constant over the batch; running averages, which lag the
+    # changing weights, miss them by up to hundreds of their standard deviations (see
+    # docs/recurrent.md).
+    config.bn_eval_stats = 'batch'
 
     config.model = ml_collections.ConfigDict()
     config.model.name = 'recurrent'
@@ -46,7 +51,6 @@ def get_config(arg=None):
     # over the batch from the first step (see ln_jax/recurrent.py), 'zeros' otherwise.
     config.model.initial_state = ml_collections.config_dict.placeholder(str)
     config.model.bn_max_steps = ml_collections.config_dict.placeholder(int)  # T_max; None: T
-    config.model.unroll = 1               # time steps per scan iteration (speed only)
 
     config.data.permute = False
     config.learning_rate = 2e-3

@@ -36,7 +36,6 @@ class RecurrentStack(nn.Module):
   norm: cells.NormSpec = cells.NormSpec()
   forget_bias: float = 1.0
   dtype: Any = jnp.float32
-  unroll: int = 1
 
   @nn.compact
   def __call__(self, x_BxTxD, lengths_B=None, train: bool = False, initial_h=None):
@@ -44,7 +43,7 @@ class RecurrentStack(nn.Module):
     h_BxTxH, finals = x_BxTxD, []
     for i in range(self.num_layers):
       h_BxTxH, final = cells.RecurrentLayer(
-          self.cell, self.hidden_size, self.norm, self.forget_bias, self.dtype, self.unroll,
+          self.cell, self.hidden_size, self.norm, self.forget_bias, self.dtype,
           name=f'layer_{i}')(h_BxTxH, mask_BxT, train, initial_h)
       finals.append(final)
     return h_BxTxH, tuple(finals)
@@ -58,10 +57,9 @@ class SequenceClassifier(nn.Module):
 
   `initial_state`: 'zeros' (the papers') or 'input_mean', which starts every unit of h at the
   example's mean input, as Cooijmans et al.'s code offers (`default_initial_state` picks it for
-  BN). Recurrent BN needs a difference
-  between the examples: where every sequence of the batch starts with the same inputs (the blank
-  top of MNIST digits), zero states stay identical over the batch, each BN divides by
-  sqrt(epsilon) and the gradient grows by orders of magnitude per step until it overflows.
+  BN). Recurrent BN needs states that differ over the batch: where every sequence starts with
+  the same inputs (the blank top of MNIST digits), zero states stay identical over the batch,
+  each BN divides by sqrt(epsilon) and the gradient grows ~300x per step until it overflows.
   """
   stack: RecurrentStack = RecurrentStack()
   pixels_per_step: int = 28
@@ -113,7 +111,7 @@ def create_classifier(config) -> SequenceClassifier:
   m = config.model
   stack = RecurrentStack(cell=m.cell, hidden_size=m.hidden_size, num_layers=m.num_layers,
                          norm=norm_spec(config), forget_bias=m.forget_bias,
-                         dtype=jnp.dtype(config.dtype), unroll=m.unroll)
+                         dtype=jnp.dtype(config.dtype))
   return SequenceClassifier(stack=stack, pixels_per_step=m.pixels_per_step,
                             num_classes=m.num_classes,
                             initial_state=m.initial_state or default_initial_state(config.norm))
@@ -133,7 +131,6 @@ def config_checks(config) -> list[tuple[bool, str]]:
        f'{", ".join(INITIAL_STATES)}'),
       (m.hidden_size > 0, f'model.hidden_size={m.hidden_size} must be positive'),
       (m.num_layers > 0, f'model.num_layers={m.num_layers} must be positive'),
-      (m.unroll > 0, f'model.unroll={m.unroll} must be positive'),
       (0 < m.pixels_per_step <= data_lib.NUM_PIXELS
        and data_lib.NUM_PIXELS % m.pixels_per_step == 0,
        f'model.pixels_per_step={m.pixels_per_step} must divide the {data_lib.NUM_PIXELS} '

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -96,7 +95,11 @@ def batch_sweep(tmp_path_factory):
   after_shard = [rundir.is_complete(os.path.join(workdir, m.name)) for m in experiment.members]
   interrupted = os.path.join(workdir, experiment.members[0].name)
   os.makedirs(interrupted)
-  shutil.copy(os.path.join(workdir, experiment.members[1].name, rundir.CONFIG_FILE), interrupted)
+  # A run killed after writing its config.json, before its first checkpoint: seed 0's config.
+  with open(os.path.join(workdir, experiment.members[1].name, rundir.CONFIG_FILE)) as f:
+    described = json.load(f)
+  described['config']['seed'] = 0
+  rundir.write_json_atomic(os.path.join(interrupted, rundir.CONFIG_FILE), described)
   summary = os.path.join(workdir, experiment.members[1].name, rundir.SUMMARY_FILE)
   before = os.stat(summary).st_mtime_ns
   sweep_runner.run_sweep(experiment, workdir, {})
