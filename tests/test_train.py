@@ -11,7 +11,9 @@ import optax
 import pytest
 
 from ln_jax import checkpoint
+from ln_jax import data
 from ln_jax import models
+from ln_jax import resume
 from ln_jax import rundir
 from ln_jax import train
 
@@ -65,13 +67,8 @@ def test_final_checkpoint_restores_the_trained_state(tmp_path, tiny_config):
   model = models.create_model(tiny_config)
   state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(1),
                                    np.zeros((1, 784), np.uint8))
-  target = {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
-            'batch_stats': state.batch_stats}
-  restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path), 2), target)
-  assert int(restored['step']) == final['step']
-  restored_state = state.replace(params=restored['params'],
-                                 batch_stats=restored['batch_stats'])
-  from ln_jax import data
+  restored_state, _ = resume.restore(checkpoint.manager(str(tmp_path), 2), state)
+  assert int(restored_state.step) == final['step']
   test = data.load_splits(tiny_config.data, tiny_config.seed)['test']
   metrics = train.evaluate(restored_state, test.images, test.labels, batch_size=64)
   assert float(metrics['error']) == pytest.approx(final['test_error'], abs=1e-6)
