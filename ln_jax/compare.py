@@ -33,19 +33,9 @@ class Run:
   complete: bool
 
 
-def flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = tuple(value) if isinstance(value, list) else value
-  return flat
-
-
 def read_run(path: str, root: str) -> Run:
   with open(os.path.join(path, rundir.CONFIG_FILE)) as f:
-    config = flatten(json.load(f)['config'])
+    config = rundir.flatten(json.load(f)['config'])
   by_step = {r['step']: r for r in rundir.read_metrics(path)}  # a re-run repeats steps
   return Run(os.path.relpath(path, root), config, [by_step[s] for s in sorted(by_step)],
              rundir.is_complete(path))

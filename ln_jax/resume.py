@@ -55,20 +55,10 @@ def check_workdir(workdir: str) -> None:
                     'choose another --workdir')
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def config_differences(saved: dict, config) -> list[str]:
   """'key: old -> new' for each result-changing key where `config` differs from `saved`."""
-  old = _flatten(saved)
-  new = _flatten(json.loads(json.dumps(config.to_dict())))  # the form config.json stores
+  old = rundir.flatten(saved)
+  new = rundir.flatten(json.loads(json.dumps(config.to_dict())))  # the form config.json stores
   missing = '(absent)'
   return [f'{key}: {old.get(key, missing)} -> {new.get(key, missing)}'
           for key in sorted(set(old) | set(new))

@@ -66,6 +66,18 @@ def describe_run(config) -> dict:
           'git_commit': git_commit(), 'device': device_info()}
 
 
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """A nested config dict as {'data.source': 'idx', ...}, lists as tuples (JSON stores tuples
+  as lists)."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
 def _finite_or_none(value):
   return value if not isinstance(value, float) or math.isfinite(value) else None
 

@@ -11,6 +11,7 @@ import time
 
 from absl import logging
 
+from ln_jax import config_checks
 from ln_jax import rundir
 from ln_jax import sweep
 from ln_jax.errors import UserError
@@ -104,12 +105,11 @@ def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str]
   base = sweep.load_base_config(experiment.base_config)
   configs = {m.name: sweep.member_config(base, m, common) for m in experiment.members}
   import jax  # pylint: disable=g-import-not-at-top  (after the cheap checks: a typo fails fast)
-  from ln_jax import train  # pylint: disable=g-import-not-at-top
   if vmap_seeds is None:
     vmap_seeds = vmap_seeds_default(jax.default_backend())
   for name, config in configs.items():
     try:
-      train.check_config(config)
+      config_checks.check_config(config)
     except UserError as e:
       raise UserError(f'member {name}: {e}') from None
   sweep.write_sweep_file(workdir, experiment, common)

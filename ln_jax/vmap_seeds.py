@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ln_jax import config_checks
 from ln_jax import checkpoint
 from ln_jax import data as data_lib
 from ln_jax import models
@@ -98,10 +99,10 @@ def train_seeds(configs, workdirs: list[str]) -> list[dict]:
   `train.TrainingDiverged` names it."""
   _check_seed_group(configs)
   for config in configs:
-    train.check_config(config)
+    config_checks.check_config(config)
   config = configs[0]
   arrays, shared, num_train, example = _stack_splits(configs)
-  train.check_config(config, num_train=num_train)
+  config_checks.check_config(config, num_train=num_train)
   schedule = train.Schedule(config, num_train)
   eval_batch = config.batch_size if config.bn_eval_stats == 'batch' else config.eval_batch_size
   train_images, train_labels = arrays.pop('train')

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from ln_jax import config_checks
 from ln_jax import cells
 from ln_jax import data
 from ln_jax import recurrent
@@ -187,7 +188,7 @@ def test_seq_mnist_variants(variant, steps, permute):
   assert (config.model.name, config.model.cell, config.model.hidden_size) == (
       'recurrent', 'lstm', 128)
   assert (config.batch_size, config.num_epochs, config.norm) == (64, 1.0, 'layer')
-  train.check_config(config)
+  config_checks.check_config(config)
 
 
 @pytest.mark.parametrize('override, key', [
@@ -196,7 +197,7 @@ def test_seq_mnist_variants(variant, steps, permute):
 def test_seq_mnist_bad_values_are_one_line_errors(override, key):
   config = load_config('configs/seq_mnist.py', f'tiny,{override}')
   with pytest.raises(UserError, match=key):
-    train.check_config(config)
+    config_checks.check_config(config)
 
 
 def test_train_and_evaluate_runs_a_recurrent_batch_norm_model(tmp_path):

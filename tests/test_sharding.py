@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config
+from ln_jax import config_checks
 from ln_jax import norms
 from ln_jax import parallel
-from ln_jax import train
 from ln_jax.errors import UserError
 
 # Runs in a fresh interpreter: the device count is fixed when JAX starts.
@@ -115,7 +115,7 @@ def test_more_devices_than_available_is_a_user_error():
 def test_ghost_batches_must_divide_the_batch():
   config = load_config('configs/pi_mnist.py', 'tiny,norm=batch,bn_ghost_batches=3')
   with pytest.raises(UserError, match='bn_ghost_batches=3'):
-    train.check_config(config)
+    config_checks.check_config(config)
 
 
 @pytest.mark.parametrize('unbiased', [False, True])
