@@ -28,7 +28,6 @@ measure with epsilon 0, or with activations far above it.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
@@ -269,14 +268,6 @@ def to_markdown(table: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp_')
-  os.chmod(tmp, 0o644)
-  with os.fdopen(fd, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def prepare_output_dir(output_dir: str) -> None:
   """Creates `output_dir` if needed and checks that the table can be written there."""
   try:
@@ -293,6 +284,6 @@ def write_table(table: dict, output_dir: str) -> tuple[str, str]:
   prepare_output_dir(output_dir)
   markdown_path = os.path.join(output_dir, MARKDOWN_FILE)
   json_path = os.path.join(output_dir, JSON_FILE)
-  _write_text_atomic(markdown_path, to_markdown(table))
+  rundir.write_text_atomic(markdown_path, to_markdown(table))
   rundir.write_json_atomic(json_path, table)
   return markdown_path, json_path

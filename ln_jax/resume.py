@@ -140,12 +140,7 @@ def keep_metrics_through(workdir: str, step: int) -> int:
     if line.endswith('\n') and record['step'] <= step:
       kept.append(line)
   if len(kept) != len(lines):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    rundir.write_text_atomic(path, ''.join(kept))
   return len(lines) - len(kept)
 
 

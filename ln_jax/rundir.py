@@ -20,15 +20,19 @@ PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml_collection
             'tensorflow-datasets', 'numpy', 'tensorboardX')
 
 
-def write_json_atomic(path: str, obj) -> None:
-  """Writes through a temporary file and a rename, so readers never see half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.json')
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes through a synced temporary file and a rename, so readers never see half a file."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp_')
   os.chmod(tmp, 0o644)
-  with os.fdopen(fd, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write('\n')
+  with os.fdopen(fd, 'w', encoding='utf-8') as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
 def package_versions() -> dict[str, str]:
