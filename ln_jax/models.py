@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ln_jax import dense as dense_lib
 from ln_jax import norms
 from ln_jax import recurrent
 
@@ -30,7 +31,7 @@ class MLP(nn.Module):
   activation: Callable[[Any], Any] = nn.relu
   norm: norms.NormFactory | None = None
   norm_logits: bool = False
-  dense: Callable[..., nn.Module] = nn.Dense
+  dense: Callable[..., nn.Module] = dense_lib.Dense
   dtype: Any = jnp.float32
 
   @nn.compact

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from ln_jax import dense
+
 DEFAULT_EPSILON = 1e-5
 
 
@@ -224,7 +226,7 @@ class RMSNorm(nn.Module):
     return y.astype(x.dtype)
 
 
-class WeightNormDense(nn.Module):
+class WeightNormDense(dense.Dense):
   """A dense layer with weight normalization (Salimans & Kingma, 2016): w_j = g_j v_j / ||v_j||.
 
   `kernel` holds the directions v, [in, out] like `nn.Dense` (v_j is column j, the weights of
@@ -232,26 +234,12 @@ class WeightNormDense(nn.Module):
   of the initial v, so the layer starts with exactly the weights `kernel_init` drew, as the plain
   `nn.Dense` would. The norms are computed in float32 (or wider) whatever `dtype` is.
   """
-  features: int
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
-  bias_init: Callable[..., Any] = nn.initializers.zeros
 
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param('kernel', self.kernel_init, (jnp.shape(x)[-1], self.features),
-                        self.param_dtype)
+  def weights(self, in_features: int):
+    kernel = super().weights(in_features)
     scale = self.param('scale', lambda _: jnp.linalg.norm(kernel, axis=0))
     v = jnp.asarray(kernel, stats_dtype(kernel))
-    w = v * (scale * lax.rsqrt(jnp.sum(jnp.square(v), axis=0)))
-    dtype = self.dtype or jnp.result_type(x, self.param_dtype)
-    y = jnp.dot(jnp.asarray(x, dtype), jnp.asarray(w, dtype))
-    if self.use_bias:
-      y = y + jnp.asarray(self.param('bias', self.bias_init, (self.features,),
-                                     self.param_dtype), dtype)
-    return y
+    return v * (scale * lax.rsqrt(jnp.sum(jnp.square(v), axis=0)))
 
 
 NormFactory = Callable[..., nn.Module]
@@ -295,5 +283,7 @@ def make_norm(config) -> NormFactory | None:
 
 
 def make_dense(config) -> Callable[..., nn.Module]:
-  """The dense layer class for `config.norm`: weight-normalized for 'weight', else `nn.Dense`."""
-  return WeightNormDense if config.norm == 'weight' else nn.Dense
+  """The dense layer class for `config.norm`: weight-normalized for 'weight', else
+  `dense.Dense` (`nn.Dense` with a weight gradient that fuses into the optimizer at small batch
+  sizes)."""
+  return WeightNormDense if config.norm == 'weight' else dense.Dense
