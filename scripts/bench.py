@@ -27,7 +27,7 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: 20 steps, one round, a sm
 _STEPS = flags.DEFINE_integer(
     'steps', 3000, 'Timed training steps per contender, capped at one epoch (429 steps at '
     'batch 128); 0: one whole epoch (13,750 steps at batch 4).')
-_ROUNDS = flags.DEFINE_integer('rounds', 3, 'Interleaved timing rounds; the median is reported.')
+_ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median is reported.')
 _WARMUP = flags.DEFINE_integer('warmup_steps', 20, 'Untimed steps first (compilation).')
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['4', '128'], 'Training batch sizes.')
 _NORMS = flags.DEFINE_list('norms', ['layer', 'batch', 'none'], 'Normalizers to train.')

@@ -11,6 +11,7 @@ from ln_jax import rundir
 from ln_jax.benchmarks import cells
 from ln_jax.benchmarks import layers
 from ln_jax.benchmarks import load_config
+from ln_jax.benchmarks import roofline
 from ln_jax.benchmarks import training
 
 PI_MNIST = os.path.join('configs', 'pi_mnist.py')
@@ -62,6 +63,7 @@ def run_training(batch_sizes, norms, contenders, *, steps: int, rounds: int, war
   Each is timed over min(`steps`, one epoch) steps; `steps=0` means one epoch.
   """
   images, labels = training.make_dataset(num_examples)
+  stream_gbs = roofline.stream_gb_per_s() if 'ln_jax' in contenders else None
   rows = []
   for batch_size in batch_sizes:
     runners = {}
@@ -75,11 +77,17 @@ def run_training(batch_sizes, norms, contenders, *, steps: int, rounds: int, war
     measured = training.measure(runners, min(steps, epoch) if steps else epoch, rounds,
                                 warmup_steps)
     for (name, norm), result in measured.items():
-      rows.append({'batch_size': batch_size, 'norm': norm, 'contender': name,
-                   'steps_per_s': result['steps_per_s'],
-                   'examples_per_s': result['steps_per_s'] * batch_size,
-                   'rounds': result['rounds'], 'steps': result['steps'],
-                   'cpu_per_wall': result['cpu_per_wall']})
+      row = {'batch_size': batch_size, 'norm': norm, 'contender': name,
+             'steps_per_s': result['steps_per_s'],
+             'examples_per_s': result['steps_per_s'] * batch_size,
+             'rounds': result['rounds'], 'steps': result['steps'],
+             'cpu_per_wall': result['cpu_per_wall']}
+      if name == 'ln_jax':
+        row['bytes_per_step'] = runners[(name, norm)].bytes_per_step()
+        row['stream_gb_per_s'] = stream_gbs
+        row['bound_steps_per_s'] = stream_gbs * 1e9 / row['bytes_per_step']
+        row['of_bound'] = row['steps_per_s'] / row['bound_steps_per_s']
+      rows.append(row)
     del runners
   return rows
 
@@ -87,6 +95,8 @@ def run_training(batch_sizes, norms, contenders, *, steps: int, rounds: int, war
 def training_ratios(rows: list[dict]) -> list[dict]:
   """ln_jax against each competitor, and each norm against LN, with the targets where set."""
   rate = {(r['batch_size'], r['norm'], r['contender']): r['steps_per_s'] for r in rows}
+  bound = {(r['batch_size'], r['norm']): r['bound_steps_per_s'] for r in rows
+           if 'bound_steps_per_s' in r}
   targets = {(b, c): t for b, c, t in SPEED_TARGETS}
   out = []
   for (batch_size, norm, name), value in sorted(rate.items()):
@@ -99,6 +109,9 @@ def training_ratios(rows: list[dict]) -> list[dict]:
     out.append({'what': f'ln_jax / {name}', 'batch_size': batch_size, 'norm': norm,
                 'ratio': ours / value, 'target': f'>= {target}' if target else None,
                 'met': None if target is None else ours / value >= target})
+    if target and (batch_size, norm) in bound:  # could any step of these bytes reach it?
+      out.append({'what': f'bound / {name}', 'batch_size': batch_size, 'norm': norm,
+                  'ratio': bound[(batch_size, norm)] / value, 'target': None, 'met': None})
   for (batch_size, norm, name), value in sorted(rate.items()):
     reference = rate.get((batch_size, 'layer', name))
     if norm == 'layer' or reference is None or name != 'ln_jax':
@@ -149,12 +162,19 @@ def report(results: dict) -> str:
            f"{m['kind']}; load average before/after: {results['load_average_before']} / "
            f"{results['load_average_after']}"]
   if 'training' in results:
+    rows = [dict(r, mb_per_step=r['bytes_per_step'] / 1e6) if 'bytes_per_step' in r else r
+            for r in results['training']]
+    stream = next((r['stream_gb_per_s'] for r in rows if r.get('stream_gb_per_s')), None)
+    bandwidth = (f'; bound: XLA\'s bytes per step at the {stream:.1f} GB/s a streaming kernel '
+                 'reached, all from memory (caches can beat it)' if stream else '')
     parts += [f"\nTraining throughput, MLP {results['model']}, Adam "
-              f"(median of {results['options']['rounds']} interleaved rounds)",
-              table(results['training'], [('batch', 'batch_size', 'd'), ('norm', 'norm', 's'),
-                                          ('contender', 'contender', 's'),
-                                          ('steps/s', 'steps_per_s', '.1f'),
-                                          ('examples/s', 'examples_per_s', '.0f')]),
+              f"(median of {results['options']['rounds']} interleaved rounds{bandwidth})",
+              table(rows, [('batch', 'batch_size', 'd'), ('norm', 'norm', 's'),
+                           ('contender', 'contender', 's'), ('steps/s', 'steps_per_s', '.1f'),
+                           ('examples/s', 'examples_per_s', '.0f'),
+                           ('MB/step', 'mb_per_step', '.1f'),
+                           ('bound steps/s', 'bound_steps_per_s', '.0f'),
+                           ('of bound', 'of_bound', '.0%')]),
               '', table(results['training_ratios'],
                         [('ratio', 'what', 's'), ('batch', 'batch_size', 'd'),
                          ('norm', 'norm', 's'), ('value', 'ratio', '.2f'),

@@ -26,6 +26,7 @@ from ln_jax import models
 from ln_jax import parallel
 from ln_jax import resume
 from ln_jax import train
+from ln_jax.benchmarks import roofline
 
 NUM_TRAIN = 55_000
 
@@ -56,6 +57,12 @@ class FusedRunner:
     self._schedule = train.Schedule(config, len(labels))
     self._step, self._epoch, self._order = 0, -1, None
     self._totals = parallel.replicate(resume.empty_window(), self._mesh)
+
+  def bytes_per_step(self) -> float:
+    """XLA's count of the bytes one training step accesses (see `roofline`)."""
+    batch_size = self._config.batch_size
+    batch = {'image': self._images[:batch_size], 'label': self._labels[:batch_size]}
+    return roofline.bytes_per_step(self._state, batch)
 
   def run(self, num_steps: int) -> int:
     """At least `num_steps` steps, in whole calls (no new call size to compile); the count."""

@@ -1,0 +1,47 @@
+"""How fast a training step could run if every byte it touches came from memory.
+
+At batch size 4 a step of the paper's MLP does little arithmetic per byte (Adam reads and
+writes every weight, mu and nu), so memory bandwidth sets its speed. The bound is XLA's own
+count of the bytes one compiled `train_step` accesses, divided by the bandwidth a streaming
+kernel (y = 2x + z on arrays far larger than the caches) reaches on the same device. Where the
+weights and optimizer state fit in the last-level cache (the MLP's take 22 MB) a step can
+beat the bound; well under it, the step wastes bandwidth. A competitor's speed times a target
+ratio far above the bound is not reachable by any implementation of the same step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ln_jax import train
+from ln_jax.benchmarks import layers
+
+STREAM_MEGABYTES = 64  # per array; well past the last-level caches of the machines we use
+
+
+def stream_gb_per_s(megabytes: int = STREAM_MEGABYTES, repeats: int = 7) -> float:
+  """GB/s of y = 2x + z on float32 arrays (reads x and z, writes y over x), median of `repeats`.
+
+  y is written over x (donated): a fresh output per call would measure the operating system's
+  page faults on new memory instead of the bandwidth.
+  """
+  n = megabytes * 2**20 // 4
+  arrays = {'x': jnp.arange(n, dtype=jnp.float32), 'z': jnp.ones(n, jnp.float32)}
+  stream = jax.jit(lambda x, z: 2.0 * x + z, donate_argnums=(0,))
+
+  def call():
+    arrays['x'] = stream(arrays['x'], arrays['z'])
+    return arrays['x']
+
+  seconds = layers.time_per_call(call, jax.block_until_ready, repeats=repeats)
+  return 3 * 4 * n / seconds / 1e9
+
+
+def bytes_per_step(state, batch) -> float:
+  """XLA's count of the bytes one compiled `train.train_step(state, batch)` accesses."""
+  compiled = jax.jit(train.train_step, donate_argnums=(0,)).lower(state, batch).compile()
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
+    analysis = analysis[0]
+  return float(analysis['bytes accessed'])
