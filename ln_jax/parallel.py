@@ -13,15 +13,21 @@ address, process count and process id in the cluster environment (Slurm, Open MP
 Cloud TPU); elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0, read by JAX) and
 JAX_NUM_PROCESSES and JAX_PROCESS_ID (read here) on every process.
 `jax.devices()` then lists the devices of every host, and the mesh spans them all; each process
-loads the same dataset with the same seed and contributes its own devices' shards.
+loads the same dataset with the same seed and contributes its own devices' shards. Every process
+computes everything (a collective left out by one process would stall the others); process 0
+alone writes the run files (`is_primary`). Any check that can fail on one process only runs inside
+`together`, so that all of them stop, not just that one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import zlib
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 import numpy as np
@@ -45,6 +51,52 @@ def initialize_distributed() -> None:
                       'JAX_PROCESS_ID') from None
   logging.info('process %d of %d; %d local and %d global devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_primary() -> bool:
+  """Whether this process writes the run's files: process 0, the only one in most runs."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Waits until every process has reached the `sync` with this `name` (no-op in one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _gather(code: int) -> list[int]:
+  """Every process's `code` (an int32), in process order; also a barrier."""
+  return [int(c) for c in multihost_utils.process_allgather(np.int32(code))]
+
+
+@contextlib.contextmanager
+def together(what: str):
+  """Makes an exception in the block stop every process, not only the one that raised it.
+
+  Alone, the others would go on to the next collective and wait there until JAX's shutdown
+  barrier times out minutes later. The process that failed re-raises its own error; the others
+  raise a UserError naming it. `what` says what the block does, for that message.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  try:
+    yield
+  except Exception:
+    _gather(1)
+    raise
+  failed = [i for i, code in enumerate(_gather(0)) if code]
+  if failed:
+    raise UserError(f'process {failed[0]} of {jax.process_count()} failed {what}; its error '
+                    'line says why')
+
+
+def check_same(value, message: str) -> None:
+  """Raises UserError(`message`) on every process unless all of them hold the same `value`
+  (compared by a checksum of its repr)."""
+  if jax.process_count() > 1:
+    if len(set(_gather(zlib.crc32(repr(value).encode()) & 0x7fffffff))) > 1:
+      raise UserError(message)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

@@ -14,7 +14,11 @@ def _format_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Logs at most every `every_s` seconds; the rate is measured over the last interval."""
+  """Logs at most every `every_s` seconds; the rate is measured over the last interval.
+
+  In a multi-process run only process 0 logs at INFO; the others, whose lines would be the same,
+  log at DEBUG.
+  """
 
   def __init__(self, total_steps: int, batch_size: int, every_s: float, first_step: int = 0):
     self._total = total_steps
@@ -24,6 +28,7 @@ class Progress:
     self._mark_time, self._mark_step = self._start, first_step
     self._rate = 0.0
     self._last_print = self._start
+    self._level = logging.INFO if jax.process_index() == 0 else logging.DEBUG
 
   def elapsed(self) -> float:
     return time.time() - self._start
@@ -42,12 +47,12 @@ class Progress:
       self._rate = (step - self._mark_step) / (now - self._mark_time)
     self._mark_time, self._mark_step, self._last_print = now, step, now
     eta = (self._total - step) / self._rate if self._rate > 0 else float('nan')
-    logging.info('step %d/%d (%.1f%%) | %.1f steps/s, %.0f examples/s | ETA %s',
-                 step, self._total, 100.0 * step / self._total, self._rate,
-                 self._rate * self._batch, _format_duration(eta) if eta == eta else '?')
+    logging.log(self._level, 'step %d/%d (%.1f%%) | %.1f steps/s, %.0f examples/s | ETA %s',
+                step, self._total, 100.0 * step / self._total, self._rate,
+                self._rate * self._batch, _format_duration(eta) if eta == eta else '?')
 
   def report(self, record: dict) -> None:
     shown = ('epoch', 'train_loss', 'valid_error', 'test_loss', 'test_error')
-    logging.info('step %d | %s | elapsed %s', record['step'],
-                 ', '.join(f'{k} {record[k]:.4g}' for k in shown if record.get(k) is not None),
-                 _format_duration(record['elapsed_s']))
+    logging.log(self._level, 'step %d | %s | elapsed %s', record['step'],
+                ', '.join(f'{k} {record[k]:.4g}' for k in shown if record.get(k) is not None),
+                _format_duration(record['elapsed_s']))

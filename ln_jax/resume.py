@@ -1,12 +1,13 @@
 """Resuming a run: what a workdir already holds, and what a checkpoint carries besides the state.
 
 Re-running the same command on a workdir resumes its run; nothing is written or deleted until every
-check has passed. A workdir whose config.json differs from the requested config (in any key but
-`IGNORED_KEYS`) is refused unless `--fresh` asks to replace it. When a run resumes from a
-checkpoint, the metrics.jsonl lines after the checkpoint's step are dropped, so that the replayed
-steps write them again exactly once. Each checkpoint also holds the partial sums of the training
-metrics since the last evaluation, so a run stopped between two evaluations reports the same
-train_loss once resumed.
+check has passed, and then only by process 0 of a multi-process run (see `prepare_workdir`). A
+workdir whose config.json differs from the requested config (in any key but `IGNORED_KEYS`) is
+refused unless `--fresh` asks to replace it. When a run resumes from a checkpoint, the
+metrics.jsonl lines after the checkpoint's step are dropped, so that the replayed steps write them
+again exactly once. Each checkpoint also holds the partial sums of the training metrics since the
+last evaluation, so a run stopped between two evaluations reports the same train_loss once
+resumed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ln_jax import checkpoint
+from ln_jax import parallel
 from ln_jax import rundir
 from ln_jax.errors import UserError
 
@@ -104,6 +106,30 @@ def existing_run(workdir: str, config, fresh: bool) -> str:
     logging.warning('resuming a run started with code at %s; the code is now at %s',
                     saved['git_commit'], commit)
   return COMPLETE if rundir.is_complete(workdir) else RESUME
+
+
+def prepare_workdir(workdir: str, config, fresh: bool) -> str:
+  """Checks `workdir` against `config` and only then changes it; returns `existing_run`'s status.
+
+  In a multi-process run every process checks, and all get the same status or all stop: each
+  reads the workdir before process 0, alone, clears or writes it, and waits for it to finish.
+  """
+  with parallel.together('the workdir check'):
+    status = existing_run(workdir, config, fresh)
+  parallel.check_same((os.path.abspath(workdir), status),
+                      f'the processes see different runs in --workdir {workdir}: a multi-process '
+                      'run needs one --workdir, on a filesystem every process shares')
+  if status == COMPLETE:
+    return status
+  if parallel.is_primary():
+    if fresh and os.path.isdir(workdir):
+      clear_run(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if status == NEW:
+      rundir.write_json_atomic(os.path.join(workdir, rundir.CONFIG_FILE),
+                               rundir.describe_run(config))
+  parallel.sync('prepare_workdir')
+  return status
 
 
 def read_summary(workdir: str) -> dict:

@@ -122,6 +122,17 @@ class MetricsWriter:
     self._tb.close()
 
 
+class NoMetricsWriter:
+  """MetricsWriter's stand-in on the processes other than 0 of a multi-process run: they compute
+  every record too, but one copy of the run's files is written, by process 0."""
+
+  def write(self, record: dict) -> None:
+    del record
+
+  def close(self) -> None:
+    pass
+
+
 def read_metrics(workdir: str) -> list[dict]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):

@@ -233,33 +233,22 @@ def _record(config, state, loop: resume.LoopState, step: int, schedule: Schedule
   return record
 
 
-def _prepare_workdir(config, workdir: str, fresh: bool) -> str:
-  """Checks the workdir against `config` and only then changes it; returns resume's status."""
-  status = resume.existing_run(workdir, config, fresh)
-  if status == resume.COMPLETE:
-    return status
-  if fresh and os.path.isdir(workdir):
-    resume.clear_run(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  if status == resume.NEW:
-    rundir.write_json_atomic(f'{workdir}/{rundir.CONFIG_FILE}', rundir.describe_run(config))
-  return status
-
-
 def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
   """Trains `config` into `workdir` and returns the last evaluation's metrics.
 
   Resumes the run already in `workdir` when its config matches; `fresh` replaces it instead.
   Raises UserError, before anything in `workdir` changes, for a bad config, data or workdir, and
-  Interrupted after SIGTERM or Ctrl-C made it save a checkpoint and stop.
+  Interrupted after SIGTERM or Ctrl-C made it save a checkpoint and stop. In a multi-process run
+  every process trains and returns the same metrics; process 0 alone writes the run files.
   """
   config_checks.check_config(config)
-  resume.check_workdir(workdir)
-  splits = data_lib.load_splits(config.data, config.seed)
-  config_checks.check_config(config, num_train=len(splits['train']))
+  with parallel.together('the workdir check or loading the data'):
+    resume.check_workdir(workdir)
+    splits = data_lib.load_splits(config.data, config.seed)
+    config_checks.check_config(config, num_train=len(splits['train']))
   mesh = parallel.make_mesh(config.get('num_devices', 0))
   parallel.check_divisible(config.batch_size, mesh)
-  if _prepare_workdir(config, workdir, fresh) == resume.COMPLETE:
+  if resume.prepare_workdir(workdir, config, fresh) == resume.COMPLETE:
     logging.info('%s holds this run, finished; nothing to do (--fresh runs it again)', workdir)
     return resume.read_summary(workdir)['final']
   schedule = Schedule(config, len(splits['train']))
@@ -282,7 +271,8 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
   # Placed as train_steps returns it, so its second call reuses the first one's program.
   loop.window = parallel.replicate(loop.window, mesh)
   step = int(state.step)
-  dropped = resume.keep_metrics_through(workdir, step)
+  dropped = resume.keep_metrics_through(workdir, step) if parallel.is_primary() else 0
+  parallel.sync('keep_metrics_through')  # the others may read metrics.jsonl below
   if step or dropped:
     logging.info('resuming at step %d from %s (%d metrics lines after it dropped)', step,
                  ckpt.directory, dropped)
@@ -292,7 +282,7 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
     checkpoint.save(ckpt, step, loop.payload(state, loop.elapsed_s + progress.elapsed()))
 
   progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds, step)
-  writer = rundir.MetricsWriter(workdir)
+  writer = rundir.MetricsWriter(workdir) if parallel.is_primary() else rundir.NoMetricsWriter()
   last, rate_steps, rate_start, order_epoch = {}, 0, time.time(), -1
   try:
     with resume.catch_stop_signals() as stop:
@@ -332,6 +322,7 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
     writer.close()
   if not last:  # resumed from the final checkpoint before summary.json was written
     last = (rundir.read_metrics(workdir) or [{}])[-1]
-  rundir.write_json_atomic(f'{workdir}/{rundir.SUMMARY_FILE}',
-                           {'final': last, 'total_steps': schedule.total_steps})
+  if parallel.is_primary():
+    rundir.write_json_atomic(f'{workdir}/{rundir.SUMMARY_FILE}',
+                             {'final': last, 'total_steps': schedule.total_steps})
   return last

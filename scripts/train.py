@@ -26,7 +26,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (created if missi
 _FRESH = flags.DEFINE_bool('fresh', False, 'Delete the run already in --workdir (config, metrics, '
                            'events, checkpoints) and start over.')
 _DISTRIBUTED = flags.DEFINE_bool(
-    'distributed', False, 'Multi-host: join the job via jax.distributed.initialize() first.')
+    'distributed', False, 'Multi-host: join the job via jax.distributed.initialize() first; '
+    'every process needs the same --workdir, on a filesystem they all share.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
