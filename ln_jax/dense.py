@@ -25,39 +25,43 @@ import jax.numpy as jnp
 OUTER_PRODUCT_MAX_ROWS = 8
 
 
-def _outer_product_sum(x_BxI, dy_BxO):
-  total = x_BxI[0][:, None] * dy_BxO[0][None, :]
-  for b in range(1, x_BxI.shape[0]):
-    total = total + x_BxI[b][:, None] * dy_BxO[b][None, :]
-  return total
+def _identity_dot(a_BxN):
+  """a itself, through a dot with the identity at full precision (no finite value changes).
+
+  A dot is a fusion boundary (an optimization barrier is not, on XLA:CPU), so `a` is stored
+  before use. Without it XLA inlines whatever computed a [B, n] factor of the weight gradient
+  (a normalizer's backward pass, say) into the loop over the weights, once per weight.
+  """
+  eye_BxB = jnp.eye(a_BxN.shape[0], dtype=a_BxN.dtype)
+  return jnp.matmul(eye_BxB, a_BxN, precision=jax.lax.Precision.HIGHEST)
 
 
-@jax.custom_vjp
+def _rows_times(x_BxI, w_dot_IxO):
+  """x @ w_dot as one sum over `in` per row of x: linear in w_dot, and its transpose (what
+  reverse mode runs) is the sum over rows of outer products x[b] (x) dy[b], elementwise work
+  that XLA fuses into the optimizer's passes instead of storing the gradient."""
+  rows = [jnp.sum(x_BxI[b][:, None] * w_dot_IxO, axis=0) for b in range(x_BxI.shape[0])]
+  return _identity_dot(jnp.stack(rows))
+
+
+@jax.custom_jvp
 def matmul(x_BxI, w_IxO):
-  """x @ w for 2-D operands; its weight gradient is fusable at small batch sizes."""
+  """x @ w for 2-D operands, whose weight gradient fuses into its consumers at small batches.
+
+  Written as a forward-mode rule, so jvp, grad and their compositions (Hessian-vector
+  products) all work; reverse mode transposes the rule's tangent in w into outer products.
+  """
   return x_BxI @ w_IxO
 
 
-def _matmul_fwd(x_BxI, w_IxO):
-  return x_BxI @ w_IxO, (x_BxI, w_IxO)
-
-
-def _matmul_bwd(residuals, dy_BxO):
-  x_BxI, w_IxO = residuals
-  dx_BxI = dy_BxO @ w_IxO.T
+@matmul.defjvp
+def _matmul_jvp(primals, tangents):
+  x_BxI, w_IxO = primals
+  x_dot, w_dot = tangents
+  y_BxO = x_BxI @ w_IxO
   if x_BxI.shape[0] > OUTER_PRODUCT_MAX_ROWS:
-    return dx_BxI, x_BxI.T @ dy_BxO
-  # Materialize the [B, in] and [B, out] factors first: otherwise XLA inlines whatever computed
-  # them (a normalizer's backward pass, say) into the loop over the weights, once per weight.
-  # A dot is a fusion boundary (an optimization barrier is not, on XLA:CPU); multiplying by the
-  # identity at full precision changes no finite value.
-  eye_BxB = jnp.eye(x_BxI.shape[0], dtype=x_BxI.dtype)
-  x_BxI = jnp.matmul(eye_BxB, x_BxI, precision=jax.lax.Precision.HIGHEST)
-  dy_BxO = jnp.matmul(eye_BxB, dy_BxO, precision=jax.lax.Precision.HIGHEST)
-  return dx_BxI, _outer_product_sum(x_BxI, dy_BxO)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
+    return y_BxO, x_dot @ w_IxO + x_BxI @ w_dot
+  return y_BxO, x_dot @ w_IxO + _rows_times(_identity_dot(x_BxI), w_dot)
 
 
 class Dense(nn.Module):

@@ -33,6 +33,22 @@ def test_same_parameters_values_and_gradients_as_flax_dense(batch):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_forward_mode_and_second_order():
+  """jvp works (the gradient rule is a forward-mode rule), and so do Hessian-vector products."""
+  x = jax.random.normal(jax.random.key(0), (4, 6))
+  layer = dense.Dense(3)
+  params = layer.init(jax.random.key(1), x)
+  direction = jax.tree.map(jnp.ones_like, params)
+  loss = lambda p: jnp.sum(jnp.tanh(layer.apply(p, x)) ** 2)
+  flax_loss = lambda p: jnp.sum(jnp.tanh(nn.Dense(3).apply(p, x)) ** 2)
+  _, got = jax.jvp(loss, (params,), (direction,))
+  _, want = jax.jvp(flax_loss, (params,), (direction,))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  hvp = lambda f: jax.jvp(jax.grad(f), (params,), (direction,))[1]
+  for got, want in zip(jax.tree.leaves(hvp(loss)), jax.tree.leaves(hvp(flax_loss))):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_leading_dimensions_and_vmap():
   x = jax.random.normal(jax.random.key(0), (3, 2, 6))  # 3 seeds x batch 2
   layer = dense.Dense(4, use_bias=False)
@@ -47,8 +63,8 @@ def test_leading_dimensions_and_vmap():
 
 
 def test_small_batch_weight_gradient_is_not_a_matrix_product():
-  """At batch <= OUTER_PRODUCT_MAX_ROWS no dot produces an [in, out] array (the gradient is
-  left to fuse into its consumers); above it, one does."""
+  """At batch <= OUTER_PRODUCT_MAX_ROWS no dot produces the [in, out] weight gradient (it is left
+  to fuse into its consumers); above it, one does."""
   layer = dense.Dense(300, use_bias=False)
 
   def weight_dots(batch):
@@ -58,7 +74,8 @@ def test_small_batch_weight_gradient_is_not_a_matrix_product():
         lambda w, g: w - 0.1 * g, p, jax.grad(lambda p: jnp.sum(layer.apply(p, x) ** 2))(p)))
     hlo = step.lower(params, x).as_text()
     return [line for line in hlo.splitlines()
-            if 'dot_general' in line and 'tensor<200x300xf32>' in line.split('->')[-1]]
+            if 'dot_general' in line and any(f'tensor<{shape}xf32>' in line.split('->')[-1]
+                                             for shape in ('200x300', '300x200'))]
 
   assert not weight_dots(4)
   assert weight_dots(dense.OUTER_PRODUCT_MAX_ROWS + 1)
