@@ -50,6 +50,8 @@ def get_config(arg=None):
   config.num_epochs = 10.0
   config.seed = 0
   config.dtype = 'float32'                  # compute dtype; norm statistics stay float32
+  config.fuse_weight_grad = True            # batch <= 8: weight gradients fused into the
+                                            # optimizer (ln_jax/dense.py); False: one matmul
 
   config.eval_every_epochs = 1.0            # fractions allowed: 0.1 evaluates 10x per epoch
   config.eval_batch_size = 1000

@@ -65,9 +65,11 @@ def _matmul_jvp(primals, tangents):
 
 
 class Dense(nn.Module):
-  """`flax.linen.Dense` for inputs [..., in] with the gradient of `matmul`."""
+  """`flax.linen.Dense` for inputs [..., in] with the gradient of `matmul`, or with autodiff's
+  plain matrix-product gradient where `fuse_weight_grad` is False."""
   features: int
   use_bias: bool = True
+  fuse_weight_grad: bool = True
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.lecun_normal()
@@ -83,7 +85,8 @@ class Dense(nn.Module):
     dtype = self.dtype or jnp.result_type(x, self.param_dtype)
     x = jnp.asarray(x, dtype)
     x_2d = x.reshape(-1, x.shape[-1])
-    y = matmul(x_2d, jnp.asarray(kernel, dtype)).reshape(*x.shape[:-1], self.features)
+    product = matmul if self.fuse_weight_grad else jnp.matmul
+    y = product(x_2d, jnp.asarray(kernel, dtype)).reshape(*x.shape[:-1], self.features)
     if self.use_bias:
       y = y + jnp.asarray(self.param('bias', self.bias_init, (self.features,),
                                      self.param_dtype), dtype)

@@ -283,7 +283,8 @@ def make_norm(config) -> NormFactory | None:
 
 
 def make_dense(config) -> Callable[..., nn.Module]:
-  """The dense layer class for `config.norm`: weight-normalized for 'weight', else
-  `dense.Dense` (`nn.Dense` with a weight gradient that fuses into the optimizer at small batch
-  sizes)."""
-  return WeightNormDense if config.norm == 'weight' else dense.Dense
+  """The dense layer for `config.norm`: weight-normalized for 'weight', else `dense.Dense`
+  (`nn.Dense`'s parameters and values); `config.fuse_weight_grad` (default True) says whether
+  small-batch weight gradients fuse into the optimizer or are one matrix product."""
+  cls = WeightNormDense if config.norm == 'weight' else dense.Dense
+  return functools.partial(cls, fuse_weight_grad=config.get('fuse_weight_grad', True))

@@ -37,6 +37,9 @@ _PARTS = flags.DEFINE_list('parts', list(PARTS), f'Which parts to run, of {", ".
 _MLP_OVERRIDES = flags.DEFINE_string(
     'mlp_overrides', '', 'key=value overrides of configs/pi_mnist.py for every training run, '
     'e.g. steps_per_call=1000.')
+_VARIANT = flags.DEFINE_multi_string(
+    'ln_jax_variant', [], 'Config overrides (key=value,...) for an extra ln_jax contender, timed '
+    'in the same rounds, e.g. fuse_weight_grad=False; repeatable.')
 _LN_SHAPE = flags.DEFINE_list('ln_shape', ['8192', '1000'], 'LayerNorm input rows,features.')
 _PEAK_GBS = flags.DEFINE_float('peak_gbs', 0.0, "The device's memory bandwidth in GB/s, to "
                                'report LayerNorm GB/s as a fraction of it (0: not reported).')
@@ -80,10 +83,12 @@ def main(argv):
   if not os.path.isdir(output_dir) or not os.access(output_dir, os.W_OK):
     raise UserError(f'cannot write --output={_OUTPUT.value}: {output_dir} is not a writable '
                     'folder; choose another path')
-  for key_value in filter(None, _MLP_OVERRIDES.value.split(',')):
-    if '=' not in key_value:
-      raise UserError(f'--mlp_overrides item {key_value!r} is not key=value')
-  config = suite.mlp_config('layer', batch_sizes[0], _MLP_OVERRIDES.value)  # bad keys fail early
+  for overrides in [_MLP_OVERRIDES.value] + _VARIANT.value:
+    for key_value in filter(None, overrides.split(',')):
+      if '=' not in key_value:
+        raise UserError(f'override {key_value!r} is not key=value')
+    suite.mlp_config('layer', batch_sizes[0], overrides)  # bad keys or values fail early
+  config = suite.mlp_config('layer', batch_sizes[0], _MLP_OVERRIDES.value)
 
   steps, rounds, warmup, repeats = _STEPS.value, _ROUNDS.value, _WARMUP.value, 5
   if _QUICK.value:  # smaller defaults; flags given explicitly still win
@@ -104,7 +109,8 @@ def main(argv):
 
   results = {'machine': suite.machine(), 'load_average_before': suite.load_average(),
              'options': {'steps': steps, 'rounds': rounds, 'warmup_steps': warmup,
-                         'quick': _QUICK.value, 'mlp_overrides': _MLP_OVERRIDES.value},
+                         'quick': _QUICK.value, 'mlp_overrides': _MLP_OVERRIDES.value,
+                         'ln_jax_variants': _VARIANT.value},
              'notes': notes}
   results['model'] = '-'.join(str(w) for w in (784, *config.model.hidden_sizes,
                                                 config.model.num_classes))
@@ -114,7 +120,7 @@ def main(argv):
                  _NORMS.value, contenders)
     results['training'] = suite.run_training(
         batch_sizes, _NORMS.value, contenders, steps=steps, rounds=rounds, warmup_steps=warmup,
-        overrides=_MLP_OVERRIDES.value)
+        overrides=_MLP_OVERRIDES.value, variants=tuple(_VARIANT.value))
     results['training_ratios'] = suite.training_ratios(results['training'])
   if 'layer_norm' in _PARTS.value:
     logging.info('LayerNorm forward+backward on [%d, %d]', rows, features)

@@ -35,6 +35,16 @@ def test_training_benchmark_measures_every_contender_and_norm():
   assert 'ln_jax / jit_loop' in text
 
 
+def test_a_config_variant_is_timed_as_another_contender():
+  rows = suite.run_training([4], ['layer'], ['ln_jax'], steps=2, rounds=1, warmup_steps=1,
+                            overrides='model.hidden_sizes=16,steps_per_call=2', num_examples=64,
+                            variants=('fuse_weight_grad=False',))
+  assert [r['contender'] for r in rows] == ['ln_jax', 'ln_jax[fuse_weight_grad=False]']
+  assert all(r['bytes_per_step'] > 0 for r in rows)
+  ratios = [r['what'] for r in suite.training_ratios(rows)]
+  assert ratios == ['ln_jax / ln_jax[fuse_weight_grad=False]']
+
+
 def test_ratios_compare_ln_jax_with_each_contender_and_norms_with_layer_norm():
   rate = {('layer', 'ln_jax'): 30.0, ('layer', 'jit_loop'): 10.0, ('layer', 'torch'): 10.0,
           ('batch', 'ln_jax'): 24.0, ('batch', 'jit_loop'): 20.0}
@@ -49,6 +59,20 @@ def test_ratios_compare_ln_jax_with_each_contender_and_norms_with_layer_norm():
   assert ratios[('ln_jax / jit_loop', 'batch')]['met'] is False     # 1.2 < 1.5
   assert ratios[('batch / layer (ln_jax)', 'batch')]['ratio'] == 0.8
   assert ratios[('batch / layer (ln_jax)', 'batch')]['met'] is False  # 20% slower
+
+
+def test_ratios_pair_the_rounds_that_ran_back_to_back():
+  # Round 2 ran under load for both: the within-round ratios are 2, 2 and 2, while the ratio of
+  # the medians (20 / 8) is 2.5.
+  rows = [{'batch_size': 4, 'norm': 'layer', 'contender': 'ln_jax', 'steps_per_s': 20.0,
+           'rounds': [20.0, 4.0, 22.0]},
+          {'batch_size': 4, 'norm': 'layer', 'contender': 'jit_loop', 'steps_per_s': 10.0,
+           'rounds': [10.0, 2.0, 11.0]},
+          {'batch_size': 4, 'norm': 'none', 'contender': 'ln_jax', 'steps_per_s': 8.0,
+           'rounds': [8.0, 4.0, 33.0]}]
+  ratios = {(r['what'], r['norm']): r['ratio'] for r in suite.training_ratios(rows)}
+  assert ratios[('ln_jax / jit_loop', 'layer')] == 2.0
+  assert ratios[('none / layer (ln_jax)', 'none')] == 1.0  # median of 0.4, 1.0, 1.5
 
 
 def test_bench_script_writes_json_and_rejects_bad_flags(tmp_path):

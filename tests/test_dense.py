@@ -64,10 +64,9 @@ def test_leading_dimensions_and_vmap():
 
 def test_small_batch_weight_gradient_is_not_a_matrix_product():
   """At batch <= OUTER_PRODUCT_MAX_ROWS no dot produces the [in, out] weight gradient (it is left
-  to fuse into its consumers); above it, one does."""
-  layer = dense.Dense(300, use_bias=False)
+  to fuse into its consumers); above it, or with fuse_weight_grad=False, one does."""
 
-  def weight_dots(batch):
+  def weight_dots(batch, layer=dense.Dense(300, use_bias=False)):
     x = jnp.ones((batch, 200))
     params = layer.init(jax.random.key(0), x)
     step = jax.jit(lambda p, x: jax.tree.map(
@@ -79,3 +78,4 @@ def test_small_batch_weight_gradient_is_not_a_matrix_product():
 
   assert not weight_dots(4)
   assert weight_dots(dense.OUTER_PRODUCT_MAX_ROWS + 1)
+  assert weight_dots(4, dense.Dense(300, use_bias=False, fuse_weight_grad=False))
