@@ -51,6 +51,8 @@ def test_ratios_compare_ln_jax_with_each_contender_and_norms_with_layer_norm():
   rows = [{'batch_size': 4, 'norm': n, 'contender': c, 'steps_per_s': v}
           for (n, c), v in rate.items()]
   rows[0]['bound_steps_per_s'] = 35.0  # layer, ln_jax
+  rows.append({'batch_size': 4, 'norm': 'layer', 'contender': 'ln_jax[x=1]', 'steps_per_s': 1.0,
+               'bound_steps_per_s': 99.0})  # a variant's bound is not ln_jax's
   ratios = {(r['what'], r['norm']): r for r in suite.training_ratios(rows)}
   assert ratios[('bound / torch', 'layer')]['ratio'] == 3.5  # below the 4x target itself
   assert ratios[('ln_jax / jit_loop', 'layer')]['ratio'] == 3.0
@@ -95,3 +97,18 @@ def test_bench_script_writes_json_and_rejects_bad_flags(tmp_path):
     assert abs(r['gb_per_s'] - 5 * 8 * 16 * 4 / r['seconds_per_call'] / 1e9) < 1e-9
     assert abs(r['fraction_of_peak'] - r['gb_per_s'] / 100.0) < 1e-12
   assert 'LayerNorm forward+backward' in ok.stdout
+
+
+def test_profile_script_ranks_the_operations_of_a_step():
+  script = os.path.join(REPO_ROOT, 'scripts', 'profile_step.py')
+  config = os.path.join(REPO_ROOT, 'configs', 'pi_mnist.py')
+  run = subprocess.run([sys.executable, script,
+                        f'--config={config}:batch_size=4,model.hidden_sizes=16,steps_per_call=5',
+                        '--steps=10', '--top=5'], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  lines = run.stdout.strip().splitlines()
+  assert 'ms per step over 10 traced steps' in lines[0]
+  operations = lines[2:]
+  assert len(operations) == 5
+  times = [float(line.split()[0]) for line in operations]
+  assert times == sorted(times, reverse=True) and times[0] > 0

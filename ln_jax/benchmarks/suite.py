@@ -114,7 +114,7 @@ def training_ratios(rows: list[dict]) -> list[dict]:
   row_of = {(r['batch_size'], r['norm'], r['contender']): r for r in rows}
   rate = {key: r['steps_per_s'] for key, r in row_of.items()}
   bound = {(r['batch_size'], r['norm']): r['bound_steps_per_s'] for r in rows
-           if 'bound_steps_per_s' in r}
+           if r['contender'] == 'ln_jax' and 'bound_steps_per_s' in r}
   targets = {(b, c): t for b, c, t in SPEED_TARGETS}
   out = []
   for (batch_size, norm, name), value in sorted(rate.items()):
