@@ -8,6 +8,8 @@ import time
 from absl import logging
 import jax
 
+from ln_jax import parallel
+
 
 def _format_duration(seconds: float) -> str:
   return str(datetime.timedelta(seconds=int(max(seconds, 0))))
@@ -28,7 +30,7 @@ class Progress:
     self._mark_time, self._mark_step = self._start, first_step
     self._rate = 0.0
     self._last_print = self._start
-    self._level = logging.INFO if jax.process_index() == 0 else logging.DEBUG
+    self._level = logging.INFO if parallel.is_primary() else logging.DEBUG
 
   def elapsed(self) -> float:
     return time.time() - self._start

@@ -83,12 +83,13 @@ def main(argv):
   if not os.path.isdir(output_dir) or not os.access(output_dir, os.W_OK):
     raise UserError(f'cannot write --output={_OUTPUT.value}: {output_dir} is not a writable '
                     'folder; choose another path')
+  configs = []  # bad keys or values fail here, before anything runs
   for overrides in [_MLP_OVERRIDES.value] + _VARIANT.value:
     for key_value in filter(None, overrides.split(',')):
       if '=' not in key_value:
         raise UserError(f'override {key_value!r} is not key=value')
-    suite.mlp_config('layer', batch_sizes[0], overrides)  # bad keys or values fail early
-  config = suite.mlp_config('layer', batch_sizes[0], _MLP_OVERRIDES.value)
+    configs.append(suite.mlp_config('layer', batch_sizes[0], overrides))
+  config = configs[0]  # the --mlp_overrides one
 
   steps, rounds, warmup, repeats = _STEPS.value, _ROUNDS.value, _WARMUP.value, 5
   if _QUICK.value:  # smaller defaults; flags given explicitly still win

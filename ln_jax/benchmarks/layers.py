@@ -91,19 +91,18 @@ def measure_layer_norm(rows: int, features: int, contenders: list[str],
   """One row per contender: seconds per forward+backward call, GB/s on float32 [rows, features]."""
   x = jax.random.normal(jax.random.PRNGKey(2), (rows, features), jnp.float32)
   nbytes = 5 * x.size * 4
+  # (call, sync, forward+backward passes per call) of each contender
   calls = {
       'ln_jax': lambda: (_jax_forward_backward(norms.LayerNorm(epsilon=epsilon), x),
-                         jax.block_until_ready),
+                         jax.block_until_ready, ITERATIONS_PER_CALL),
       'flax': lambda: (_jax_forward_backward(nn.LayerNorm(epsilon=epsilon), x),
-                       jax.block_until_ready),
-      'torch': lambda: (_torch_forward_backward(rows, features, epsilon), lambda out: out),
+                       jax.block_until_ready, ITERATIONS_PER_CALL),
+      'torch': lambda: (_torch_forward_backward(rows, features, epsilon), lambda out: out, 1),
   }
   results = []
   for name in contenders:
-    call, sync = calls[name]()
-    seconds = time_per_call(call, sync, repeats=repeats)
-    if name != 'torch':
-      seconds /= ITERATIONS_PER_CALL
+    call, sync, passes = calls[name]()
+    seconds = time_per_call(call, sync, repeats=repeats) / passes
     results.append({'contender': name, 'shape': [rows, features], 'seconds_per_call': seconds,
                     'gb_per_s': nbytes / seconds / 1e9})
   return results
