@@ -51,7 +51,7 @@ def get_config(arg=None):
   config.seed = 0
   config.dtype = 'float32'                  # compute dtype; norm statistics stay float32
   config.fuse_weight_grad = True            # batch <= 8: weight gradients fused into the
-                                            # optimizer (ln_jax/dense.py); False: one matmul
+                                            # optimizer (ln_jax/layers/dense.py); False: one matmul
 
   config.eval_every_epochs = 1.0            # fractions allowed: 0.1 evaluates 10x per epoch
   config.eval_batch_size = 1000

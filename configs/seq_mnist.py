@@ -48,7 +48,7 @@ def get_config(arg=None):
     config.model.pixels_per_step = 28     # 28: row by row (28 steps); 1: pixel by pixel (784)
     config.model.forget_bias = 1.0        # LSTM forget-gate bias init
     # 'zeros' | 'input_mean'; None: 'input_mean' for norm=batch, which needs states that differ
-    # over the batch from the first step (see ln_jax/recurrent.py), 'zeros' otherwise.
+    # over the batch from the first step (see ln_jax/models/recurrent.py), 'zeros' otherwise.
     config.model.initial_state = ml_collections.config_dict.placeholder(str)
     config.model.bn_max_steps = ml_collections.config_dict.placeholder(int)  # T_max; None: T
 

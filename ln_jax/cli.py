@@ -21,7 +21,7 @@ from ln_jax.errors import UserError
 
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and checks that a run can be written there."""
-  from ln_jax import resume  # imports JAX: keep flag errors fast
+  from ln_jax.training import resume  # imports JAX: keep flag errors fast
   resume.check_workdir(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)

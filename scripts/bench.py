@@ -66,8 +66,8 @@ def _check_choices(values, choices, flag: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from ln_jax import norms
-  from ln_jax import rundir
+  from ln_jax import layers
+  from ln_jax.training import rundir
   from ln_jax.benchmarks import suite
   from ln_jax.benchmarks import training
 
@@ -76,7 +76,7 @@ def main(argv):
   if len(ln_shape) != 2:
     raise UserError('--ln_shape needs two integers, rows,features (e.g. 8192,1000)')
   rows, features = ln_shape
-  _check_choices(_NORMS.value, norms.NORMS, 'norms')
+  _check_choices(_NORMS.value, layers.NORMS, 'norms')
   _check_choices(_CONTENDERS.value, training.RUNNERS, 'contenders')
   _check_choices(_PARTS.value, PARTS, 'parts')
   output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value))

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags
 
 from ln_jax import cli
-from ln_jax import resume
-from ln_jax import resume_check
+from ln_jax.training import resume
+from ln_jax.training import resume_check
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the two runs (an earlier check\'s '
                                'folder is replaced).')

@@ -32,8 +32,8 @@ _BAND = flags.DEFINE_enum('band', 'minmax', ['minmax', 'std'], 'Band around each
 def main(argv):
   if len(argv) != 2:
     raise UserError('give one directory to compare: python scripts/compare.py DIR [--metric=...]')
-  from ln_jax import compare
-  from ln_jax import plots
+  from ln_jax.analysis import compare
+  from ln_jax.analysis import plots
   root = argv[1]
   runs = compare.find_runs(root)
   metric, group_by = compare.sweep_defaults(root)

@@ -4,7 +4,7 @@
   python scripts/invariance.py --norms=layer,rms --dtype=float32 --output_dir=/tmp/inv
 
 For each normalizer, one layer h = norm(W x) on random data, six re-scalings and re-centerings of
-the weights or the data, and the largest relative change of h (see ln_jax/invariance.py). Prints
+the weights or the data, and the largest relative change of h (see ln_jax/analysis/invariance.py). Prints
 the table and writes invariance.md and invariance.json into --output_dir. Normalizer settings
 other than the epsilon (e.g. --config.norm_fast_variance=true) come from --config.
 """
@@ -20,7 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from ln_jax import cli
-from ln_jax import invariance
+from ln_jax.analysis import invariance
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CONFIG = config_flags.DEFINE_config_file(

@@ -33,7 +33,7 @@ def main(argv):
   if _STEPS.value < 1 or _TOP.value < 1:
     raise UserError('--steps and --top must be >= 1')
   from ln_jax.benchmarks import profile  # imports JAX, after XLA_FLAGS is set below
-  from ln_jax import config_checks
+  from ln_jax.training import config_checks
   config_checks.check_config(_CONFIG.value)
   result = profile.profile_steps(_CONFIG.value, _STEPS.value)
   print(f"{result['ms_per_step']:.3f} ms per step over {result['steps']} traced steps "

@@ -41,8 +41,8 @@ def main(argv):
   extra = [a for a in argv[1:] if not a.startswith('--config.')]
   if extra:
     raise app.UsageError(f'unexpected arguments: {" ".join(extra)}')
-  from ln_jax import sweep
-  from ln_jax import sweep_runner
+  from ln_jax.sweeps import sweep
+  from ln_jax.sweeps import sweep_runner
   common = sweep.parse_common_overrides([a for a in argv[1:] if a.startswith('--config.')])
   shard = sweep.parse_shard(_SHARD.value)
   experiment = sweep.load_experiment(_EXPERIMENT.value)

@@ -35,9 +35,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _DISTRIBUTED.value:
-    from ln_jax import parallel
+    from ln_jax.training import parallel
     parallel.initialize_distributed()
-  from ln_jax import train  # imports JAX: keep flag errors fast
+  from ln_jax.training import train  # imports JAX: keep flag errors fast
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value)
 
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from ln_jax import rundir
+from ln_jax.training import rundir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from ln_jax import compare
-from ln_jax import rundir
-from ln_jax import sweep
-from ln_jax import sweep_runner
+from ln_jax.analysis import compare
+from ln_jax.training import rundir
+from ln_jax.sweeps import sweep
+from ln_jax.sweeps import sweep_runner
 from ln_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ln_jax import dense
+from ln_jax.layers import dense
 
 
 def _loss(apply):

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ln_jax import checkpoint
+from ln_jax.training import checkpoint
 from ln_jax import data as data_lib
-from ln_jax import resume
-from ln_jax import rundir
-from ln_jax import train
+from ln_jax.training import resume
+from ln_jax.training import rundir
+from ln_jax.training import train
 from ln_jax.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import numpy as np
 from conftest import load_config
 from ln_jax import data
 from ln_jax import models
-from ln_jax import resume
-from ln_jax import rundir
-from ln_jax import train
+from ln_jax.training import resume
+from ln_jax.training import rundir
+from ln_jax.training import train
 
 WALL_CLOCK = ('elapsed_s', 'steps_per_s')
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from conftest import load_config
-from ln_jax import invariance
+from ln_jax.analysis import invariance
 from ln_jax.errors import UserError
 
 # Fixed shapes keep the compiled operations cached across examples; the seed varies the data,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ln_jax import models
-from ln_jax import norms
+from ln_jax import layers
 from conftest import load_config
 
 
@@ -69,5 +69,5 @@ def test_batch_norm_mlp_train_and_eval_differ_until_statistics_settle():
   train_logits, updates = model.apply(variables, x, train=True, mutable=['batch_stats'])
   eval_logits = model.apply(variables, x, train=False)  # running stats still at init
   assert not np.allclose(train_logits, eval_logits)
-  assert isinstance(model.norm(train=True), norms.BatchNorm)
+  assert isinstance(model.norm(train=True), layers.BatchNorm)
   assert not np.allclose(updates['batch_stats']['norm_0']['mean'], 0.0)

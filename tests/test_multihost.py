@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from ln_jax import checkpoint
-from ln_jax import resume
-from ln_jax import rundir
+from ln_jax.training import checkpoint
+from ln_jax.training import resume
+from ln_jax.training import rundir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 320 training examples, batch 16: 20 steps, two evaluations, one compiled 10-step call and one

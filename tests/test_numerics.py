@@ -15,15 +15,15 @@ import pytest
 
 from conftest import load_config
 from ln_jax import models
-from ln_jax import norms
+from ln_jax import layers
 
 BF16_ROUNDING = 2.0**-8  # unit roundoff of bfloat16's 8-bit significand
 
 LAYERS = {
-    'layer': lambda: norms.LayerNorm(),
-    'batch': lambda: norms.BatchNorm(use_running_average=False),
-    'rms': lambda: norms.RMSNorm(use_bias=True),
-    'weight': lambda: norms.WeightNormDense(5),
+    'layer': lambda: layers.LayerNorm(),
+    'batch': lambda: layers.BatchNorm(use_running_average=False),
+    'rms': lambda: layers.RMSNorm(use_bias=True),
+    'weight': lambda: layers.WeightNormDense(5),
 }
 
 
@@ -33,14 +33,14 @@ def _init(module, x):
 
 def test_rms_norm_matches_its_definition_and_flax():
   x = np.random.default_rng(0).normal(2.0, 3.0, (4, 8)).astype(np.float32)
-  module = norms.RMSNorm(epsilon=1e-6, use_bias=True)
+  module = layers.RMSNorm(epsilon=1e-6, use_bias=True)
   variables = _init(module, x)
   np.testing.assert_array_equal(variables['params']['scale'], np.ones(8))
   gain, bias = np.linspace(0.5, 2.0, 8), np.linspace(-1.0, 1.0, 8)
   y = module.apply({'params': {'scale': gain, 'bias': bias}}, x)
   rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, -1, keepdims=True) + 1e-6)
   np.testing.assert_allclose(y, gain * x / rms + bias, rtol=1e-5, atol=1e-6)
-  plain = norms.RMSNorm(epsilon=1e-6)
+  plain = layers.RMSNorm(epsilon=1e-6)
   assert set(_init(plain, x)['params']) == {'scale'}  # no bias unless asked for
   theirs = nn.RMSNorm(epsilon=1e-6)
   np.testing.assert_allclose(plain.apply(_init(plain, x), x), theirs.apply(_init(theirs, x), x),
@@ -49,7 +49,7 @@ def test_rms_norm_matches_its_definition_and_flax():
 
 def test_weight_norm_dense_matches_its_definition_and_starts_as_dense():
   x = np.random.default_rng(1).normal(size=(8, 6)).astype(np.float32)
-  module = norms.WeightNormDense(4)
+  module = layers.WeightNormDense(4)
   variables = _init(module, x)
   dense_variables = _init(nn.Dense(4), x)
   np.testing.assert_array_equal(variables['params']['kernel'], dense_variables['params']['kernel'])
@@ -65,7 +65,7 @@ def test_weight_norm_dense_matches_its_definition_and_starts_as_dense():
 def test_weight_norm_gradient_is_orthogonal_to_each_direction():
   # w = g v / ||v|| does not change along v, so the gradient in v has no component along v.
   x = np.random.default_rng(3).normal(size=(8, 6)).astype(np.float32)
-  module = norms.WeightNormDense(4)
+  module = layers.WeightNormDense(4)
   params = _init(module, x)['params']
   loss = lambda p: jnp.sum(jnp.sin(module.apply({'params': p}, x)))
   grad_v = jax.grad(loss)(params)['kernel']
@@ -106,10 +106,10 @@ def test_two_pass_statistics_match_float64_at_large_means(norm, offset, seed):
   axis = 1 if norm == 'layer' else 0  # LN: per example; BN: per unit, over the batch
   xf = x.astype(np.float64)  # the reference sees exactly the float32 values
   reference = (xf - xf.mean(axis, keepdims=True)) / xf.std(axis, keepdims=True)
-  module = norms.LayerNorm(epsilon=0.0) if norm == 'layer' else norms.BatchNorm(
+  module = layers.LayerNorm(epsilon=0.0) if norm == 'layer' else layers.BatchNorm(
       epsilon=0.0, use_running_average=False)
   np.testing.assert_allclose(module.apply(_init(module, x), x), reference, atol=1e-5)
-  _, var, _ = norms.moments(x, (axis,))
+  _, var, _ = layers.moments(x, (axis,))
   np.testing.assert_allclose(np.ravel(var), xf.var(axis), rtol=1e-5)
 
 
@@ -117,7 +117,7 @@ def test_two_pass_statistics_match_float64_at_large_means(norm, offset, seed):
 def test_one_pass_variance_fails_at_large_means(offset):
   # What use_fast_variance trades for one pass: E[x^2] - E[x]^2 cancels catastrophically.
   x = (offset + 1e-2 * np.random.default_rng(5).normal(size=(64, 64))).astype(np.float32)
-  _, var, _ = norms.moments(x, (1,), use_fast_variance=True)
+  _, var, _ = layers.moments(x, (1,), use_fast_variance=True)
   ratio = np.ravel(var) / x.astype(np.float64).var(-1)
   assert np.all((ratio < 0.5) | (ratio > 2.0)), ratio  # every row off by more than 2x
   assert np.mean(ratio == 0.0) > 0.5  # most rows clamp to zero variance
@@ -141,8 +141,8 @@ def test_bfloat16_inputs_match_float32_to_bfloat16_precision(norm):
 def test_bfloat16_weight_norm_uses_float32_norms():
   x = np.random.default_rng(7).normal(size=(16, 64)).astype(np.float32)
   x16 = jnp.asarray(x, jnp.bfloat16)
-  apply32, params = _apply_fn(norms.WeightNormDense(32), x)
-  apply16, _ = _apply_fn(norms.WeightNormDense(32, dtype=jnp.bfloat16), x)
+  apply32, params = _apply_fn(layers.WeightNormDense(32), x)
+  apply16, _ = _apply_fn(layers.WeightNormDense(32, dtype=jnp.bfloat16), x)
   y16 = apply16(x16, params)
   assert y16.dtype == jnp.bfloat16
   y32 = np.asarray(apply32(np.asarray(x16, np.float32), params))
@@ -153,7 +153,7 @@ def test_bfloat16_weight_norm_uses_float32_norms():
 def test_float64_inputs_keep_float64_statistics():
   with jax.enable_x64(True):
     x = 1e6 + 1e-2 * np.random.default_rng(8).normal(size=(4, 16))  # float32 cannot hold it
-    module = norms.LayerNorm(epsilon=0.0)
+    module = layers.LayerNorm(epsilon=0.0)
     y = module.apply(_init(module, x), x)
     assert y.dtype == jnp.float64
     reference = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)

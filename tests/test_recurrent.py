@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import load_config
-from ln_jax import config_checks
-from ln_jax import cells
+from ln_jax.training import config_checks
+from ln_jax.layers import cells
 from ln_jax import data
-from ln_jax import recurrent
-from ln_jax import rundir
-from ln_jax import train
+from ln_jax.models import recurrent
+from ln_jax.training import rundir
+from ln_jax.training import train
 from ln_jax.errors import UserError
 import numpy_rnn_reference as ref
 

@@ -12,11 +12,11 @@ import signal
 
 import pytest
 
-from ln_jax import checkpoint
-from ln_jax import resume
-from ln_jax import resume_check
-from ln_jax import rundir
-from ln_jax import train
+from ln_jax.training import checkpoint
+from ln_jax.training import resume
+from ln_jax.training import resume_check
+from ln_jax.training import rundir
+from ln_jax.training import train
 from ln_jax.errors import Interrupted
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, load_config
-from ln_jax import config_checks
-from ln_jax import norms
-from ln_jax import parallel
+from ln_jax.training import config_checks
+from ln_jax import layers
+from ln_jax.training import parallel
 from ln_jax.errors import UserError
 
 # Runs in a fresh interpreter: the device count is fixed when JAX starts.
@@ -25,7 +25,7 @@ sys.path.insert(0, 'tests')
 from absl import logging
 import jax
 from conftest import load_config
-from ln_jax import parallel, rundir, train
+from ln_jax.training import parallel, rundir, train
 from ln_jax.errors import UserError
 logging.set_verbosity(logging.ERROR)
 
@@ -121,8 +121,8 @@ def test_ghost_batches_must_divide_the_batch():
 @pytest.mark.parametrize('unbiased', [False, True])
 def test_ghost_batch_norm_normalizes_each_group_on_its_own(unbiased):
   x = jax.random.normal(jax.random.PRNGKey(0), (12, 5)) * 3.0 + 1.0
-  ghost = norms.BatchNorm(ghost_batches=3, unbiased_variance=unbiased, momentum=0.5)
-  plain = norms.BatchNorm(unbiased_variance=unbiased, momentum=0.5)
+  ghost = layers.BatchNorm(ghost_batches=3, unbiased_variance=unbiased, momentum=0.5)
+  plain = layers.BatchNorm(unbiased_variance=unbiased, momentum=0.5)
   variables = ghost.init(jax.random.PRNGKey(1), x, use_running_average=True)
   y, updates = ghost.apply(variables, x, use_running_average=False, mutable=['batch_stats'])
   groups, group_stats = [], []

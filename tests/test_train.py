@@ -9,12 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from ln_jax import checkpoint
+from ln_jax.training import checkpoint
 from ln_jax import data
 from ln_jax import models
-from ln_jax import resume
-from ln_jax import rundir
-from ln_jax import train
+from ln_jax.training import resume
+from ln_jax.training import rundir
+from ln_jax.training import train
 
 
 @pytest.mark.parametrize('norm', ['layer', 'batch', 'none'])

@@ -1,6 +1,6 @@
 """Training step time of the recurrent models (plain, LN and BN LSTM) in ln_jax's fused loop.
 
-Needs `ln_jax/recurrent.py` and `configs/seq_mnist.py`; the models come from
+Needs `ln_jax/models/recurrent.py` and `configs/seq_mnist.py`; the models come from
 `models.create_model(config)` like the MLP, so the same runner times them. When either file is
 missing the benchmark reports why and skips this part.
 """
@@ -20,9 +20,9 @@ CELL_NORMS = ('none', 'layer', 'batch')  # 'none' first: the reference the other
 def missing() -> str | None:
   """Why the recurrent benchmark cannot run here, or None when it can."""
   try:
-    importlib.import_module('ln_jax.recurrent')
+    importlib.import_module('ln_jax.models.recurrent')
   except ImportError as e:
-    return f'ln_jax.recurrent cannot be imported ({e})'
+    return f'ln_jax.models.recurrent cannot be imported ({e})'
   if not os.path.exists(os.path.join(REPO_ROOT, SEQ_CONFIG)):
     return f'{SEQ_CONFIG} not found'
   return None

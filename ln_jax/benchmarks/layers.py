@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ln_jax import norms
+from ln_jax import layers
 
 
 def time_per_call(call: Callable[[], object], sync: Callable[[object], object],
@@ -87,13 +87,13 @@ def layer_norm_contenders(include_torch: bool) -> list[str]:
 
 
 def measure_layer_norm(rows: int, features: int, contenders: list[str],
-                       epsilon: float = norms.DEFAULT_EPSILON, repeats: int = 5) -> list[dict]:
+                       epsilon: float = layers.DEFAULT_EPSILON, repeats: int = 5) -> list[dict]:
   """One row per contender: seconds per forward+backward call, GB/s on float32 [rows, features]."""
   x = jax.random.normal(jax.random.PRNGKey(2), (rows, features), jnp.float32)
   nbytes = 5 * x.size * 4
   # (call, sync, forward+backward passes per call) of each contender
   calls = {
-      'ln_jax': lambda: (_jax_forward_backward(norms.LayerNorm(epsilon=epsilon), x),
+      'ln_jax': lambda: (_jax_forward_backward(layers.LayerNorm(epsilon=epsilon), x),
                          jax.block_until_ready, ITERATIONS_PER_CALL),
       'flax': lambda: (_jax_forward_backward(nn.LayerNorm(epsilon=epsilon), x),
                        jax.block_until_ready, ITERATIONS_PER_CALL),

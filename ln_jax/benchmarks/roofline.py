@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ln_jax import train
+from ln_jax.training import train
 from ln_jax.benchmarks import layers
 
 STREAM_MEGABYTES = 64  # per array; well past the last-level caches of the machines we use

@@ -8,7 +8,7 @@ import statistics
 
 import jax
 
-from ln_jax import rundir
+from ln_jax.training import rundir
 from ln_jax.benchmarks import cells
 from ln_jax.benchmarks import layers
 from ln_jax.benchmarks import load_config

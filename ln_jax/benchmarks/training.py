@@ -23,9 +23,9 @@ import numpy as np
 
 from ln_jax import data as data_lib
 from ln_jax import models
-from ln_jax import parallel
-from ln_jax import resume
-from ln_jax import train
+from ln_jax.training import parallel
+from ln_jax.training import resume
+from ln_jax.training import train
 from ln_jax.benchmarks import roofline
 
 NUM_TRAIN = 55_000

@@ -24,10 +24,10 @@ import re
 import ml_collections
 
 from ln_jax import configlib
-from ln_jax import rundir
+from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SWEEP_FILE = 'sweep.json'
 SHORT_KEYS = {'batch_size': 'bs', 'learning_rate': 'lr', 'num_epochs': 'ep'}
 

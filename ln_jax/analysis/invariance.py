@@ -1,7 +1,7 @@
 """Table 1 of the LN paper, measured: which re-scalings and re-centerings leave a layer unchanged.
 
 Each row is one normalized layer, h = norm(W x) (+ b), built by the factories the MLP uses
-(`norms.make_dense`, `norms.make_norm`), so a new normalizer gets its row from this code. h is
+(`layers.make_dense`, `layers.make_norm`), so a new normalizer gets its row from this code. h is
 the layer's output before its nonlinearity: an elementwise f maps equal inputs to equal outputs,
 and measuring before f keeps a saturating or clipping f from hiding a change.
 
@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ln_jax import norms
-from ln_jax import rundir
+from ln_jax import layers
+from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
 DTYPES = ('float64', 'float32')
@@ -127,14 +127,14 @@ TITLES = {'batch': 'Batch norm', 'weight': 'Weight norm', 'layer': 'Layer norm',
 def default_norms() -> list[str]:
   """The paper's rows first (batch, weight, layer), then every other normalizer ln_jax has."""
   paper = ['batch', 'weight', 'layer']
-  return paper + [name for name in norms.NORMS if name not in paper]
+  return paper + [name for name in layers.NORMS if name not in paper]
 
 
 class NormalizedLayer(nn.Module):
   """One hidden layer of the MLP before its nonlinearity: norm(W x), or W x + b without a norm."""
   features: int
   dense: Callable[..., nn.Module]
-  norm: norms.NormFactory | None
+  norm: layers.NormFactory | None
 
   @nn.compact
   def __call__(self, x_NxD):
@@ -155,13 +155,13 @@ def measure(config, norm: str, *, seed: int = 0, epsilon: float = 0.0, dtype: st
             features: int = FEATURES, input_scale: float = 1.0) -> dict[str, float]:
   """Deviation of one normalized layer's output under each transformation, by TRANSFORMS name.
 
-  `config` supplies the normalizer settings `norms.make_norm` reads; `norm` and `epsilon`
+  `config` supplies the normalizer settings `layers.make_norm` reads; `norm` and `epsilon`
   replace its norm and norm_epsilon. The inputs are standard normal times `input_scale`.
   """
   layer_config = config.copy_and_resolve_references()
   layer_config.norm = norm
   layer_config.norm_epsilon = float(epsilon)
-  layer = NormalizedLayer(features, norms.make_dense(layer_config), norms.make_norm(layer_config))
+  layer = NormalizedLayer(features, layers.make_dense(layer_config), layers.make_norm(layer_config))
   rng = np.random.default_rng(seed)
   x_NxD = input_scale * rng.standard_normal((batch_size, in_features))
   with jax.enable_x64(dtype == 'float64'):
@@ -187,9 +187,9 @@ def measure(config, norm: str, *, seed: int = 0, epsilon: float = 0.0, dtype: st
 def check_settings(norm_names, *, epsilon: float, dtype: str, threshold: float | None):
   """Validates the settings of `measure_table`; returns the rows and the threshold to use."""
   norm_names = list(norm_names or default_norms())
-  unknown = [n for n in norm_names if n not in norms.NORMS]
+  unknown = [n for n in norm_names if n not in layers.NORMS]
   if unknown:
-    raise UserError(f'unknown norm {", ".join(unknown)}; choose from {", ".join(norms.NORMS)}')
+    raise UserError(f'unknown norm {", ".join(unknown)}; choose from {", ".join(layers.NORMS)}')
   if dtype not in DTYPES:
     raise UserError(f'dtype {dtype!r} is not supported; choose float64 or float32')
   if epsilon < 0:

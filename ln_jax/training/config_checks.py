@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ln_jax import data as data_lib
 from ln_jax import models
-from ln_jax import norms
-from ln_jax import optimizers
-from ln_jax import recurrent
+from ln_jax import layers
+from ln_jax.training import optimizers
+from ln_jax.models import recurrent
 from ln_jax.errors import UserError
 
 ON_NONFINITE = ('stop', 'skip')
@@ -23,8 +23,8 @@ def check_config(config, num_train: int | None = None) -> None:
     raise UserError(f'the config lacks {", ".join(missing)}; add them to the config file (see '
                     'configs/pi_mnist.py)')
   checks = [
-      (config.norm in norms.NORMS, f'unknown norm {config.norm!r}; choose one of '
-                                   f'{", ".join(norms.NORMS)}'),
+      (config.norm in layers.NORMS, f'unknown norm {config.norm!r}; choose one of '
+                                   f'{", ".join(layers.NORMS)}'),
       (config.optimizer in optimizers.OPTIMIZERS,
        f'unknown optimizer {config.optimizer!r}; choose one of '
        f'{", ".join(optimizers.OPTIMIZERS)}'),

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ln_jax import checkpoint
-from ln_jax import parallel
-from ln_jax import rundir
+from ln_jax.training import checkpoint
+from ln_jax.training import parallel
+from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
 # Keys that change neither the numbers a run produces nor where they are written.

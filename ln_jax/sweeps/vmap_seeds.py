@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ln_jax import config_checks
-from ln_jax import checkpoint
+from ln_jax.training import config_checks
+from ln_jax.training import checkpoint
 from ln_jax import data as data_lib
 from ln_jax import models
-from ln_jax import rundir
-from ln_jax import train
-from ln_jax.progress import Progress
+from ln_jax.training import rundir
+from ln_jax.training import train
+from ln_jax.training.progress import Progress
 
 
 @functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size', 'shared_data'),

@@ -7,9 +7,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ln_jax import dense as dense_lib
-from ln_jax import norms
-from ln_jax import recurrent
+from ln_jax.layers import dense as dense_lib
+from ln_jax import layers
+from ln_jax.models import recurrent
 
 MODELS = ('mlp', 'recurrent')
 ACTIVATIONS = {
@@ -29,7 +29,7 @@ class MLP(nn.Module):
   hidden_sizes: Sequence[int] = (1000, 1000)
   num_classes: int = 10
   activation: Callable[[Any], Any] = nn.relu
-  norm: norms.NormFactory | None = None
+  norm: layers.NormFactory | None = None
   norm_logits: bool = False
   dense: Callable[..., nn.Module] = dense_lib.Dense
   dtype: Any = jnp.float32
@@ -65,9 +65,9 @@ def create_model(config) -> nn.Module:
     return MLP(hidden_sizes=tuple(config.model.hidden_sizes),
                num_classes=config.model.num_classes,
                activation=ACTIVATIONS[config.model.activation],
-               norm=norms.make_norm(config),
+               norm=layers.make_norm(config),
                norm_logits=norm_logits,
-               dense=norms.make_dense(config),  # every layer, logits too, for norm='weight'
+               dense=layers.make_dense(config),  # every layer, logits too, for norm='weight'
                dtype=jnp.dtype(config.dtype))
   if name == 'recurrent':
     return recurrent.create_classifier(config)

@@ -28,17 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ln_jax import checkpoint
-from ln_jax import config_checks
+from ln_jax.training import checkpoint
+from ln_jax.training import config_checks
 from ln_jax import data as data_lib
 from ln_jax import models
-from ln_jax import optimizers
-from ln_jax import parallel
-from ln_jax import resume
-from ln_jax import rundir
+from ln_jax.training import optimizers
+from ln_jax.training import parallel
+from ln_jax.training import resume
+from ln_jax.training import rundir
 from ln_jax.errors import Interrupted
 from ln_jax.errors import UserError
-from ln_jax.progress import Progress
+from ln_jax.training.progress import Progress
 
 
 class TrainState(train_state.TrainState):

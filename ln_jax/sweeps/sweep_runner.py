@@ -11,9 +11,9 @@ import time
 
 from absl import logging
 
-from ln_jax import config_checks
-from ln_jax import rundir
-from ln_jax import sweep
+from ln_jax.training import config_checks
+from ln_jax.training import rundir
+from ln_jax.sweeps import sweep
 from ln_jax.errors import UserError
 
 
@@ -81,14 +81,14 @@ def _unit_name(unit) -> str:
 
 
 def _train_unit(unit, configs, workdir: str) -> None:
-  from ln_jax import train  # heavy imports only when training
+  from ln_jax.training import train  # heavy imports only when training
   dirs = [os.path.join(workdir, m.name) for m in unit]
   for d in dirs:
     os.makedirs(d, exist_ok=True)
   if len(unit) == 1:
     train.train_and_evaluate(configs[unit[0].name], dirs[0])
   else:
-    from ln_jax import vmap_seeds
+    from ln_jax.sweeps import vmap_seeds
     vmap_seeds.train_seeds([configs[m.name] for m in unit], dirs)
 
 

@@ -18,13 +18,13 @@ import subprocess
 import sys
 import time
 
-from ln_jax import checkpoint
-from ln_jax import resume
-from ln_jax import rundir
+from ln_jax.training import checkpoint
+from ln_jax.training import resume
+from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
-TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts',
-                     'train.py')
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(REPO_ROOT, 'scripts', 'train.py')
 SIGNALS = ('KILL', 'TERM', 'INT')
 PARTS = ('uninterrupted', 'interrupted')
 

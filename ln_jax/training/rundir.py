@@ -47,7 +47,7 @@ def package_versions() -> dict[str, str]:
 
 def git_commit() -> str | None:
   """The commit of the ln_jax code that runs, with '-dirty' for uncommitted changes."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
                             text=True, timeout=10, check=True).stdout.strip()

@@ -8,7 +8,7 @@ import time
 from absl import logging
 import jax
 
-from ln_jax import parallel
+from ln_jax.training import parallel
 
 
 def _format_duration(seconds: float) -> str:

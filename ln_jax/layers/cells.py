@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from ln_jax import norms
+from ln_jax.layers import statistics
 
 CELLS = ('lstm', 'gru', 'rnn')
 RECURRENT_NORMS = ('none', 'layer', 'batch')
@@ -45,7 +45,7 @@ class NormSpec:
   `eval_batch_stats` makes BN use the batch statistics in evaluation too.
   """
   kind: str = 'layer'
-  epsilon: float = norms.DEFAULT_EPSILON
+  epsilon: float = statistics.DEFAULT_EPSILON
   fast_variance: bool = False
   momentum: float = 0.99
   unbiased_variance: bool = False
@@ -66,7 +66,7 @@ class StepNorm:
   kind: str
   scale: Any = None
   bias: Any = None
-  epsilon: float = norms.DEFAULT_EPSILON
+  epsilon: float = statistics.DEFAULT_EPSILON
   fast_variance: bool = False
   unbiased_variance: bool = False
   eval_stats: Any = None  # BN evaluation: running (mean, var) of every step, [T, F]
@@ -80,10 +80,10 @@ class StepNorm:
       centered = jnp.asarray(x_BxF, jnp.float32)
       var = jnp.mean(jnp.square(centered), -1, keepdims=True)
     elif self.kind == 'layer':
-      centered, _, var, _ = norms.centered_moments(
+      centered, _, var, _ = statistics.centered_moments(
           x_BxF, (1,), use_fast_variance=self.fast_variance)
     elif stats is None:
-      centered, mean, var, count = norms.centered_moments(
+      centered, mean, var, count = statistics.centered_moments(
           x_BxF, (0,), mask=None if mask_B is None else mask_B[:, None],
           use_fast_variance=self.fast_variance)
       if self.unbiased_variance:

@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ln_jax import cells
+from ln_jax.layers import cells
 from ln_jax import data as data_lib
 
 

@@ -10,7 +10,7 @@ matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from ln_jax import compare
+from ln_jax.analysis import compare
 
 TRAIN_LOSS = 'train_loss'
 METHOD_COLORS = {'Baseline': 'black', 'BatchNorm': 'tab:blue', 'LayerNorm': 'tab:red'}

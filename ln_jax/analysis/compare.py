@@ -17,7 +17,7 @@ import os
 from absl import logging
 import numpy as np
 
-from ln_jax import rundir
+from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
 METHOD_NAMES = {'none': 'Baseline', 'batch': 'BatchNorm', 'layer': 'LayerNorm'}  # the paper's

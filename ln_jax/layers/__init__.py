@@ -1,0 +1,18 @@
+"""The layers: normalizers, the dense layer they follow, and the recurrent cells built from both."""
+
+from ln_jax.layers.batch_norm import BatchNorm
+from ln_jax.layers.cells import CELLS
+from ln_jax.layers.cells import NormSpec
+from ln_jax.layers.cells import RECURRENT_NORMS
+from ln_jax.layers.cells import RecurrentLayer
+from ln_jax.layers.dense import Dense
+from ln_jax.layers.factories import NORMS
+from ln_jax.layers.factories import NormFactory
+from ln_jax.layers.factories import make_dense
+from ln_jax.layers.factories import make_norm
+from ln_jax.layers.layer_norm import LayerNorm
+from ln_jax.layers.layer_norm import RMSNorm
+from ln_jax.layers.statistics import DEFAULT_EPSILON
+from ln_jax.layers.statistics import centered_moments
+from ln_jax.layers.statistics import moments
+from ln_jax.layers.weight_norm import WeightNormDense

@@ -1,0 +1,1 @@
+"""Sweeps: experiment files that enumerate members, and the runner that trains them."""
