@@ -64,7 +64,10 @@ def test_layer_norm_reduction_axes():
   mu = x.mean((1, 2), keepdims=True)
   sigma = x.std((1, 2), keepdims=True)
   np.testing.assert_allclose(y, (x - mu) / sigma, atol=1e-5)
-  assert variables['params']['scale'].shape == (3, 5)
+  # As in flax, the gain follows feature_axes (default: the last axis), not reduction_axes.
+  assert variables['params']['scale'].shape == (5,)
+  _, per_unit = _apply(layers.LayerNorm(reduction_axes=(1, 2), feature_axes=(1, 2)), x)
+  assert per_unit['params']['scale'].shape == per_unit['params']['bias'].shape == (3, 5)
 
 
 def test_layer_norm_two_pass_variance_is_stable_at_large_mean():

@@ -134,7 +134,8 @@ class RecurrentNorm(nn.Module):
     if spec.kind == 'batch' and not (train or spec.eval_batch_stats):
       # Steps past T_max reuse the statistics of T_max.
       rows = jnp.minimum(jnp.arange(num_steps), self.running_mean.value.shape[0] - 1)
-      eval_stats = (self.running_mean.value[rows], self.running_var.value[rows])
+      eval_stats = (jnp.asarray(self.running_mean.value)[rows],
+                    jnp.asarray(self.running_var.value)[rows])
     return StepNorm(spec.kind, self.scale, self.bias, spec.epsilon, spec.fast_variance,
                     spec.unbiased_variance, eval_stats, self.centered_input)
 
@@ -148,9 +149,10 @@ class RecurrentNorm(nn.Module):
     seen = count[:n, None] > 0
     m = self.spec.momentum
     for running, value in ((self.running_mean, mean), (self.running_var, var)):
-      old = running.value[:n]
+      current = jnp.asarray(running.value)  # restored statistics may be NumPy arrays
+      old = current[:n]
       new = jnp.where(seen, m * old + (1.0 - m) * value[:n], old)
-      running.value = running.value.at[:n].set(new)
+      running.value = current.at[:n].set(new)
 
 
 def center_column_groups(kernel, sizes):
