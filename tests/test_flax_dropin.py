@@ -205,10 +205,11 @@ def _train_one_step(model, x, labels):
     return loss, updates['batch_stats']
 
   params, batch_stats = variables['params'], variables['batch_stats']
-  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
+  loss_and_grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  (loss, new_stats), grads = loss_and_grad(params, batch_stats)
   updates, _ = optimizer.update(grads, optimizer.init(params), params)
   new_params = optax.apply_updates(params, updates)
-  next_loss, _ = loss_fn(new_params, new_stats)
+  (next_loss, _), _ = loss_and_grad(new_params, new_stats)
   return variables, loss, next_loss, new_params, new_stats
 
 
@@ -243,7 +244,7 @@ def test_flax_checkpoint_loads_into_ln_jax_unchanged():
                              nn.LayerNorm(use_fast_variance=False).apply(ln_vars, x), atol=1e-5)
 
 
-# The cross-device arguments inside shard_map and pmap, in a fresh interpreter with 4 forced devices.
+# The cross-device arguments in shard_map and pmap, in a fresh interpreter with 4 forced devices.
 _SHARDED = textwrap.dedent('''
     import functools
     import flax.linen as nn, jax, jax.numpy as jnp, numpy as np

@@ -225,3 +225,23 @@ def test_make_norm_by_name(tiny_config):
   assert make(train=False).use_running_average is True
   tiny_config.bn_eval_stats = 'batch'
   assert layers.make_norm(tiny_config)(train=False).use_running_average is False
+
+
+@pytest.mark.parametrize('layer', ['recurrent', 'batch_norm'])
+def test_batch_stats_restored_as_numpy_arrays_keep_training(layer):
+  # Statistics read back from a file are NumPy arrays, which have no `.at[]`.
+  x = np.random.default_rng(12).normal(1.0, 2.0, (3, 5, 4)).astype(np.float32)
+  if layer == 'recurrent':
+    module = layers.RecurrentLayer(cell='lstm', hidden_size=6,
+                                   norm=layers.NormSpec(kind='batch', momentum=0.5))
+    train, evaluate = {'train': True}, {'train': False}
+  else:
+    module = layers.BatchNorm(momentum=0.5)
+    train, evaluate = {'use_running_average': False}, {'use_running_average': True}
+  variables = jax.tree_util.tree_map(np.asarray, module.init(jax.random.PRNGKey(0), x, **train))
+  _, updates = module.apply(variables, x, mutable=['batch_stats'], **train)
+  for old, new in zip(jax.tree_util.tree_leaves(variables['batch_stats']),
+                      jax.tree_util.tree_leaves(updates['batch_stats'])):
+    assert new.shape == old.shape and not np.allclose(new, old)
+  restored = jax.tree_util.tree_map(np.asarray, {**variables, **updates})
+  assert np.all(np.isfinite(jax.tree_util.tree_leaves(module.apply(restored, x, **evaluate))[0]))

@@ -3,6 +3,10 @@ weight normalization against their definitions."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 from hypothesis import given
 from hypothesis import settings
@@ -13,7 +17,7 @@ from jax.test_util import check_grads
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import REPO_ROOT, load_config
 from ln_jax import models
 from ln_jax import layers
 
@@ -189,3 +193,83 @@ def test_gradients_are_finite_for_a_constant_input(norm, value):
   grads = jax.grad(lambda x, p: jnp.sum(fn(x, p) * weights), argnums=(0, 1))(x, params)
   for grad in jax.tree_util.tree_leaves(grads):
     assert np.all(np.isfinite(grad))
+
+
+def _large_mean_batch(rows=64, features=8, seed=11):
+  """float32 data with mean 1e4 and spread 1e-2, and BN's float64 reference on those values."""
+  x = (1e4 + 1e-2 * np.random.default_rng(seed).normal(size=(rows, features))).astype(np.float32)
+  return x, x.astype(np.float64)
+
+
+def _bn_reference(xf, epsilon):
+  return (xf - xf.mean(0)) / np.sqrt(xf.var(0) + epsilon)
+
+
+@pytest.mark.parametrize('padding', [0.0, np.nan, np.inf])
+@pytest.mark.parametrize('ghost_batches', [1, 2])
+def test_batch_norm_mask_takes_its_shift_from_a_real_entry(padding, ghost_batches):
+  # The first rows of the batch (and of each ghost batch) are padding: shifting by row 0 would
+  # lose the precision the shift exists for (0.1 off here), and NaN there would spread.
+  x, xf = _large_mean_batch()
+  real = np.ones((64, 1), bool)
+  real[:4] = real[32:36] = False
+  x[~real[:, 0]] = padding
+  module = layers.BatchNorm(use_running_average=False, ghost_batches=ghost_batches,
+                            momentum=0.0)
+  y, updates = module.apply(_init(module, x), x, mask=real, mutable=['batch_stats'])
+  groups = np.split(np.arange(64), ghost_batches)
+  for rows in groups:
+    rows = rows[real[rows, 0]]
+    np.testing.assert_allclose(y[rows], _bn_reference(xf[rows], 1e-5), atol=1e-4)
+  expected_var = np.mean([xf[rows[real[rows, 0]]].var(0) for rows in groups], 0)
+  np.testing.assert_allclose(updates['batch_stats']['var'], expected_var, rtol=1e-3)
+
+
+@pytest.mark.parametrize('norm', ['LayerNorm', 'RMSNorm'])
+def test_per_example_norms_honour_the_mask(norm):
+  x = np.random.default_rng(12).normal(3.0, 2.0, (4, 10)).astype(np.float32)
+  real = np.arange(10) < 7
+  x[:, ~real] = np.nan  # padded features: they must not reach the real ones
+  module = getattr(layers, norm)(use_bias=True)
+  y = module.apply(_init(module, x), x, mask=real)
+  expected = module.apply(_init(module, x[:, :7]), x[:, :7])
+  np.testing.assert_allclose(y[:, :7], expected, atol=1e-5)
+
+
+_CROSS_DEVICE = r'''
+import jax, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+from ln_jax import layers
+assert jax.device_count() == 4
+mesh = Mesh(np.array(jax.devices()), ('d',))
+x = (1e4 + 1e-2 * np.random.default_rng(0).normal(size=(64, 8))).astype(np.float32)
+real = np.ones((64, 1), bool)
+real[:16] = False  # the whole first device is padding in the masked run
+padded = np.where(real, x, np.nan).astype(np.float32)
+module = layers.BatchNorm(use_running_average=False, axis_name='d', momentum=0.0)
+variables = module.init(jax.random.PRNGKey(0), x[:16])  # outside the mapped axis
+out = {}
+for name, inputs, mask in (('whole', x, None), ('masked', padded, real)):
+  step = lambda v, x, m: module.apply(v, x, mask=m, mutable=['batch_stats'])
+  y, stats = jax.shard_map(step, mesh=mesh, in_specs=(P(), P('d'), P('d')),
+                           out_specs=(P('d'), P()))(variables, inputs, mask)
+  out[name] = (np.asarray(y), np.asarray(stats['batch_stats']['var']))
+np.savez(__import__('sys').argv[1], **{f'{k}_{i}': v for k, vs in out.items()
+                                       for i, v in enumerate(vs)})
+'''
+
+
+def test_cross_device_batch_norm_statistics_are_two_pass(tmp_path):
+  # Four devices' statistics combined: one-pass sums of x^2 are off by ~10 at mean 1e4 and
+  # spread 1e-2, and a rounded float32 global mean by ~0.1.
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+         'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO_ROOT}
+  result = subprocess.run([sys.executable, '-c', _CROSS_DEVICE, str(tmp_path / 'out.npz')],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = np.load(tmp_path / 'out.npz')
+  _, xf = _large_mean_batch(seed=0)  # the worker's data
+  np.testing.assert_allclose(out['whole_0'], _bn_reference(xf, 1e-5), atol=1e-4)
+  np.testing.assert_allclose(out['whole_1'], xf.var(0), rtol=1e-3)
+  np.testing.assert_allclose(out['masked_0'][16:], _bn_reference(xf[16:], 1e-5), atol=1e-4)
+  np.testing.assert_allclose(out['masked_1'], xf[16:].var(0), rtol=1e-3)
