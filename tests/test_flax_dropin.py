@@ -265,15 +265,16 @@ _SHARDED = textwrap.dedent('''
                            out_specs=(P('d'), P()))(variables, x)
 
     x = rng.normal(2.0, 3.0, (16, 5)).astype(np.float32)
-    (y, stats), (y_flax, stats_flax) = (
-        batch_norm(lib, x, axis_name='d', use_fast_variance=False) for lib in (ln_jax, nn))
     init = ln_jax.BatchNorm().init(key, x, use_running_average=False)
     whole, whole_stats = ln_jax.BatchNorm(use_running_average=False, momentum=0.5).apply(
         init, x, mutable=['batch_stats'])
-    for a, b in ((y, y_flax), (y, whole)):
-      close(a, b)
-    jax.tree_util.tree_map(close, stats, stats_flax)
-    jax.tree_util.tree_map(close, stats, whole_stats)
+    for fast in (False, True):
+      (y, stats), (y_flax, stats_flax) = (
+          batch_norm(lib, x, axis_name='d', use_fast_variance=fast) for lib in (ln_jax, nn))
+      for a, b in ((y, y_flax), (y, whole)):
+        close(a, b)
+      jax.tree_util.tree_map(close, stats, stats_flax)
+      jax.tree_util.tree_map(close, stats, whole_stats)
     # Groups of devices [[0, 1], [2, 3]] (pmap: shard_map has no axis_index_groups): each half
     # of the batch on its own.
     def grouped(lib, **kwargs):

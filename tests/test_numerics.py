@@ -3,6 +3,7 @@ weight normalization against their definitions."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -273,3 +274,23 @@ def test_cross_device_batch_norm_statistics_are_two_pass(tmp_path):
   np.testing.assert_allclose(out['whole_1'], xf.var(0), rtol=1e-3)
   np.testing.assert_allclose(out['masked_0'][16:], _bn_reference(xf[16:], 1e-5), atol=1e-4)
   np.testing.assert_allclose(out['masked_1'], xf[16:].var(0), rtol=1e-3)
+
+
+@pytest.mark.parametrize('norm', ['BatchNorm', 'LayerNorm', 'RMSNorm'])
+def test_non_finite_padding_leaves_the_gradients_of_real_entries_alone(norm):
+  x = np.random.default_rng(13).normal(1.0, 2.0, (6, 5)).astype(np.float32)
+  real = np.broadcast_to((np.arange(6) >= 2)[:, None], x.shape)
+  module = getattr(layers, norm)(**({'use_running_average': False} if norm == 'BatchNorm'
+                                    else {'reduction_axes': (0, 1)}))
+  variables = _init(module, x)
+
+  def grads(padding):
+    padded = np.where(real, x, padding).astype(np.float32)
+    loss = lambda x, p: jnp.sum(jnp.where(
+        real, module.apply({**variables, 'params': p}, x, mask=real), 0.0) * jnp.arange(5.0))
+    return jax.grad(loss, argnums=(0, 1))(padded, variables['params'])
+
+  (x_grad, param_grads), (x_grad_zero, param_grads_zero) = grads(np.nan), grads(0.0)
+  np.testing.assert_allclose(x_grad[real], x_grad_zero[real], rtol=1e-5, atol=1e-6)
+  jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+                         param_grads, param_grads_zero)

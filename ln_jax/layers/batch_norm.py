@@ -27,7 +27,8 @@ class BatchNorm(nn.Module):
     `x`: `x.shape` itself, or e.g. `[batch, 1]` for x `[batch, features]` and
     `[batch, time, 1]` for x `[batch, time, features]` to leave out whole padded examples or
     steps. Masked-out entries, NaN or inf included, never reach the statistics; their own
-    outputs are normalized with the statistics of the real entries.
+    outputs are normalized with the statistics of the real entries (non-finite ones give the
+    bias, where flax gives NaN, so gradients stay finite).
   - Under `jax.jit` with the batch sharded over a device mesh the reductions are global, so the
     statistics are those of the whole batch. Inside `shard_map`/`pmap`, set `axis_name` to
     combine the devices (optionally in `axis_index_groups`; leave it None for per-device,

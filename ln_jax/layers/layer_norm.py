@@ -42,6 +42,8 @@ class LayerNorm(nn.Module):
   flax stores them), `dtype` the result dtype, `axis_name`/`axis_index_groups` for statistics
   across devices inside `shard_map`/`pmap`, `mask` (broadcastable to `x`) for statistics over
   its True entries only. Where ours differ from flax's:
+  - masked-out entries that are NaN or inf output the bias (flax: NaN), so a loss that ignores
+    them has finite gradients;
   - `epsilon` defaults to 1e-5 (the paper's code; flax 1e-6);
   - `use_fast_variance` defaults to False: the two-pass variance, exact at large means in
     float32 (flax defaults to the one-pass form);

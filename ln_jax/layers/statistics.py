@@ -11,6 +11,8 @@ Conventions (see also the README):
   (PyTorch's momentum=0.1 equals momentum=0.9 here). Running statistics start at mean 0, var 1.
 - A `mask` (broadcastable to the input, True/1 for real entries) leaves the other entries out of
   the statistics entirely: whatever they hold, NaN and inf included, cannot reach the statistics.
+  Masked-out entries are normalized with the real entries' statistics (as in flax), except
+  non-finite ones, whose output is the bias, so that gradients stay finite.
 - With `axis_name` (inside `shard_map`/`pmap`) the statistics are those of the entries of all the
   devices of that axis (or of each of `axis_index_groups`), weighted by their counts.
 """
@@ -106,7 +108,7 @@ def centered_moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: 
                         jnp.sum(jnp.square(keep(x)), axes, keepdims=True)])
       mean, mean_square = total(sums) / safe_count
     var = jnp.maximum(mean_square - jnp.square(mean), 0.0)
-    return x - mean, mean, var, count
+    return _finite_padding(x - mean, real), mean, var, count
 
   if real is None:
     shift = x
@@ -121,8 +123,14 @@ def centered_moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: 
   shift = lax.stop_gradient(shift)
   shifted = x - shift
   shifted_mean = mean_of(shifted)
-  centered = shifted - shifted_mean
+  centered = _finite_padding(shifted - shifted_mean, real)
   return centered, shift + shifted_mean, mean_of(jnp.square(keep(centered))), count
+
+
+def _finite_padding(v, real):
+  """v with non-finite masked-out entries set to 0: their outputs become the bias, and a loss
+  that ignores them gets finite gradients (0 * NaN would reach every real entry)."""
+  return v if real is None else jnp.where(real | jnp.isfinite(v), v, 0.0)
 
 
 def moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False, **kwargs):
@@ -147,6 +155,7 @@ def mean_square(x, axes: tuple[int, ...], *, mask=None, axis_name: str | None = 
     real = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
     squares = jnp.square(jnp.where(real, x, 0.0))
     count = total(jnp.sum(real, axes, keepdims=True, dtype=x.dtype))
+    x = _finite_padding(x, real)
   return x, total(jnp.sum(squares, axes, keepdims=True)) / jnp.maximum(count, 1.0)
 
 
