@@ -70,6 +70,17 @@ def _first_real_entry(x, axes, real):
   return jnp.reshape(shift, keep_dims), jnp.reshape(has_real, keep_dims)
 
 
+def weighted_mean(x, axes, mask):
+  """(mean function over `axes`, count); `mask` (1 = real entry) leaves padding out."""
+  if mask is None:
+    count = jnp.asarray(functools.reduce(lambda n, a: n * x.shape[a], axes, 1), jnp.float32)
+    return (lambda v: jnp.mean(v, axes, keepdims=True)), count
+  real = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
+  count = jnp.sum(real, axes, keepdims=True, dtype=jnp.float32)
+  safe_count = jnp.maximum(count, 1.0)
+  return (lambda v: jnp.sum(jnp.where(real, v, 0.0), axes, keepdims=True) / safe_count), count
+
+
 def centered_moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False,
                      axis_name: str | None = None, axis_index_groups: Any = None,
                      dtype=None):
@@ -187,3 +198,17 @@ def output_dtype(x, dtype):
   """The layers' result dtype: `dtype` when given, else the input's (flax infers it from the
   input and the parameters, which makes a bfloat16 input give a float32 output)."""
   return jnp.result_type(x) if dtype is None else dtype
+
+
+def param_shape(shape, axes):
+  """One gain/bias entry per normalized unit, broadcastable against the input (the layers
+  themselves store flax's shapes, see `feature_params`)."""
+  return tuple(shape[a] if a in axes else 1 for a in range(len(shape)))[min(axes):]
+
+
+def affine(module: nn.Module, y, param_shape, use_scale, use_bias, scale_init, bias_init,
+           param_dtype):
+  """y * scale + bias with parameters of `param_shape` created in `module`."""
+  scale = module.param('scale', scale_init, param_shape, param_dtype) if use_scale else None
+  bias = module.param('bias', bias_init, param_shape, param_dtype) if use_bias else None
+  return scale_and_shift(y, scale, bias)
