@@ -121,3 +121,13 @@ def test_population_run_resumes_with_identical_metrics(population_run, tmp_path,
   monkeypatch.undo()
   train.train_and_evaluate(_config('population'), str(tmp_path))
   assert resume.metrics_differences(str(population_run), str(tmp_path)) == []
+
+
+def test_vmapped_seeds_refuse_population_statistics_before_writing(tmp_path):
+  from ln_jax.sweeps import vmap_seeds
+  configs = [_config('population') for _ in range(2)]
+  configs[1].seed = 1
+  dirs = [str(tmp_path / name) for name in ('a', 'b')]
+  with pytest.raises(UserError, match='bn_eval_stats=population is not available with'):
+    vmap_seeds.train_seeds(configs, dirs)
+  assert list(tmp_path.iterdir()) == []
