@@ -15,15 +15,28 @@ from ln_jax import data
 
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
-  config.norm = 'layer'                     # 'layer' | 'batch' | 'rms' | 'weight' | 'none'
+  config.norm = 'layer'                     # 'layer' | 'batch' | 'rms' | 'weight' | 'none' |
+                                            # 'group' | 'batch_renorm' (README: small batches)
   config.norm_logits = ml_collections.config_dict.placeholder(bool)  # None: paper's placement
   config.norm_epsilon = 1e-5                # inside the sqrt; the paper's original code value
   config.norm_fast_variance = False         # one-pass variance (loses precision at large means)
   config.bn_momentum = 0.99                 # Flax convention: ra <- m * ra + (1 - m) * batch
   config.bn_unbiased_variance = False       # the paper uses the unbiased variance at batch 4
-  config.bn_eval_stats = 'running'          # 'running' averages or 'batch' statistics at eval
+  config.bn_eval_stats = 'running'          # 'running' averages, 'batch' statistics or
+                                            # 'population' statistics of the current weights
+                                            # (Wu & Johnson 2021) at eval
+  config.bn_population_batches = 20         # training batches of that population pass
   config.bn_ghost_batches = 1               # BN statistics per batch_size / n examples ("ghost"
                                             # batches); n = num_devices: per-device statistics
+  config.gn_groups = 8                      # group norm: groups of hidden units (1 = LayerNorm);
+                                            # must divide every normalized width
+  # Batch renorm (Ioffe 2017): r clipped to [1/r_max, r_max], d to [-d_max, d_max]; plain BN
+  # until renorm_start_step, then linear ramps to r_max, d_max (the paper's steps and values).
+  config.renorm_r_max = 3.0
+  config.renorm_d_max = 5.0
+  config.renorm_start_step = 5000
+  config.renorm_r_max_step = 40000
+  config.renorm_d_max_step = 25000
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'mlp'
@@ -83,6 +96,7 @@ def _tiny(config):
   config.eval_every_epochs = 0.5
   config.eval_batch_size = 64
   config.steps_per_call = 8
+  config.bn_population_batches = 4
 
 
 PRESETS = {'quick': _quick, 'tiny': _tiny}

@@ -31,13 +31,14 @@ def get_config(arg=None):
   config = _shared_defaults()
   with config.unlocked():
     del config.norm_logits                # the MLP's; the classifier's Dense is never normalized
-    config.norm = 'layer'                 # 'layer' | 'batch' | 'none': the cell variant
-    config.bn_gamma_init = 0.1            # recurrent BN's gain init (Cooijmans et al.)
-    # Recurrent BN evaluates with batch statistics here. The blank top rows of MNIST make
-    # features that are (almost) constant over the batch; running averages, which lag the
-    # changing weights, miss them by up to hundreds of their standard deviations (see
-    # docs/recurrent.md).
-    config.bn_eval_stats = 'batch'
+    # 'layer' | 'batch' | 'none' | 'group' | 'batch_renorm': the cell variant
+    config.norm = 'layer'
+    config.bn_gamma_init = 0.1            # recurrent BN's (and batch renorm's) gain init
+    # Recurrent BN evaluates with population statistics of the current weights, per time step
+    # (bn_population_batches training batches). The blank top rows of MNIST make features that
+    # are (almost) constant over the batch; running averages, which lag the changing weights,
+    # miss them by up to hundreds of their standard deviations (see docs/recurrent.md).
+    config.bn_eval_stats = 'population'
 
     config.model = ml_collections.ConfigDict()
     config.model.name = 'recurrent'
@@ -92,6 +93,7 @@ def _tiny(config):
   config.eval_every_epochs = 1.0
   config.eval_batch_size = 64
   config.steps_per_call = 8
+  config.bn_population_batches = 4
 
 
 PRESETS = {'rows': _rows, 'pixels': _pixels, 'permuted': _permuted, 'tiny': _tiny}

@@ -40,3 +40,43 @@ def members(arg=None):
     raise UserError(f'unknown variant {arg!r} of fig6_pi_mnist; choose quick or seeds4, or none')
   return [_member(norm, batch_size, seed, **run)
           for batch_size in (128, 4) for norm in NORMS for seed in range(seeds)]
+
+
+# ---- small_batch: the normalizers made for small batches, beside BatchNorm and LayerNorm -------
+# Variants small_batch (3 seeds, 60 epochs, like the paper's sweep) and small_batch_quick (1 seed,
+# 5 epochs on 20,000 images): LayerNorm, BatchNorm (running averages), BatchNorm with population
+# statistics of the final weights at each evaluation (Wu & Johnson 2021), Batch Renorm (Ioffe
+# 2017, the paper's r_max/d_max schedule) and Group Norm (8 groups), at batch sizes 128 and 4.
+# Compare with the evaluation statistics as a curve key:
+#   python scripts/compare.py /tmp/f6s --group_by=norm,batch_size,bn_eval_stats
+SMALL_BATCH_METHODS = (
+    {'norm': 'layer'},
+    {'norm': 'batch'},
+    {'norm': 'batch', 'bn_eval_stats': 'population'},
+    {'norm': 'batch_renorm'},
+    {'norm': 'group'},
+)
+POPULATION_EXAMPLES = 5120  # per population pass: 40 batches of 128, 1280 of 4
+SMALL_BATCH_LEARNING_RATES = {128: 1e-3, 4: 1e-4}  # Adam, as for the Figure-6 runs
+
+
+def small_batch_members(arg):
+  seeds, run = {
+      'small_batch': (3, {'num_epochs': 60.0, 'eval_every_epochs': 0.5}),
+      'small_batch_quick': (1, {'num_epochs': 5.0, 'eval_every_epochs': 0.5,
+                                'data.train_size': 20000}),
+  }[arg]
+  return [{'bn_eval_stats': 'running', **method, 'batch_size': batch_size, 'seed': seed, **run,
+           'learning_rate': SMALL_BATCH_LEARNING_RATES[batch_size],
+           'bn_unbiased_variance': batch_size == 4,  # the LN paper's BN at batch 4
+           'bn_population_batches': POPULATION_EXAMPLES // batch_size}
+          for batch_size in (128, 4) for method in SMALL_BATCH_METHODS for seed in range(seeds)]
+
+
+_figure6_members = members
+
+
+def members(arg=None):  # noqa: F811 -- the small-batch variants, then the ones above
+  if arg in ('small_batch', 'small_batch_quick'):
+    return small_batch_members(arg)
+  return _figure6_members(arg)

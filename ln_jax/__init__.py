@@ -13,7 +13,9 @@ recurrent classifier) -> `training` (train step, loop, run directory, checkpoint
 """
 
 from ln_jax.layers import BatchNorm
+from ln_jax.layers import BatchRenorm
 from ln_jax.layers import Dense
+from ln_jax.layers import GroupNorm
 from ln_jax.layers import LayerNorm
 from ln_jax.layers import NormSpec
 from ln_jax.layers import RecurrentLayer

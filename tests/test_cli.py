@@ -51,8 +51,8 @@ def test_unknown_variant_key_and_bad_values_are_one_error_line(tmp_path):
       "unknown config key 'bogus'")
   _assert_one_error_line(
       _train('--config=configs/pi_mnist.py:tiny', f'--workdir={tmp_path / "b"}',
-             '--config.norm=group'),
-      "unknown norm 'group'")
+             '--config.norm=instance'),
+      "unknown norm 'instance'")
   _assert_one_error_line(
       _train('--config=configs/pi_mnist.py:tiny', f'--workdir={tmp_path / "c"}',
              '--config.data.source=idx', f'--config.data.dir={tmp_path / "missing"}'),

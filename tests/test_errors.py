@@ -121,7 +121,7 @@ if os.geteuid() != 0:  # root reads and writes whatever the permissions say
 VALUES = {
     'learning_rate=-0.001': 'learning_rate=-0.001 must be positive',
     'batch_size=0': 'batch_size=0 must be positive',
-    'norm=group': "unknown norm 'group'",
+    'norm=instance': "unknown norm 'instance'",
     'model.name=cnn': "unknown model.name 'cnn'",
     'data.name=cifar10': "unknown data.name 'cifar10'",
     'optimizer=adagrad': "unknown optimizer 'adagrad'",

@@ -56,7 +56,7 @@ def _inputs(batch=4, steps=6, seed=0):
   return np.random.default_rng(seed).normal(size=(batch, steps, INPUTS)).astype(np.float32)
 
 
-@pytest.mark.parametrize('kind', cells.RECURRENT_NORMS)
+@pytest.mark.parametrize('kind', ['none', 'layer', 'batch'])  # the others: test_small_batch_norms
 @pytest.mark.parametrize('cell', cells.CELLS)
 def test_layer_matches_numpy_reference_with_padded_variable_lengths(cell, kind):
   x, lengths = _inputs(), np.array([6, 3, 6, 1])

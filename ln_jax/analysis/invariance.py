@@ -112,34 +112,54 @@ EXPECTED = {
     'layer': (_T, _T, _F, _T, _F, _T),
     'rms': (_T, _F, _F, _T, _F, _T),
     'none': (_F, _F, _F, _F, _F, _F),
+    # LN's statistics within each group of units: every transformation that LN's row calls
+    # Invariant moves all units of a case alike, hence every group alike; a factor per unit
+    # changes a group's statistics, and a shift of the data moves each unit by its own w_i . gamma.
+    'group': (_T, _T, _F, _T, _F, _T),
+    # Training in the warm-up (r_max = 1, d_max = 0, so r = 1 and d = 0): exactly BN.
+    'batch_renorm': (_T, _F, _T, _T, _T, _F),
+    # Evaluation: (a - mu) / sigma with fixed running averages, an affine map of a = W x that
+    # every transformation changes. Training with r, d inside their clips computes the same.
+    'batch_renorm_eval': (_F, _F, _F, _F, _F, _F),
 }
+# Rows measured in evaluation mode, and the normalizer each one is.
+EVAL_ROWS = {'batch_renorm_eval': 'batch_renorm'}
 SOURCES = {
     'batch': 'Ba et al. 2016, Table 1',
     'weight': 'Ba et al. 2016, Table 1',
     'layer': 'Ba et al. 2016, Table 1',
     'rms': 'Zhang & Sennrich 2019, Table 1',
     'none': 'a plain dense layer W x + b, which every transformation changes',
+    'group': 'Wu & He 2018, Sec. 3 (GN is LN within each group; derived from LN\'s row)',
+    'batch_renorm': 'Ioffe 2017, Algorithm 1 (derived: r = 1, d = 0 in the warm-up is BN; at '
+                    'evaluation an affine map with fixed mu, sigma)',
 }
+SOURCES['batch_renorm_eval'] = SOURCES['batch_renorm']
 TITLES = {'batch': 'Batch norm', 'weight': 'Weight norm', 'layer': 'Layer norm',
-          'rms': 'RMS norm', 'none': 'No norm'}
+          'rms': 'RMS norm', 'none': 'No norm', 'group': 'Group norm',
+          'batch_renorm': 'Batch renorm (training, warm-up)',
+          'batch_renorm_eval': 'Batch renorm (evaluation)'}
 
 
 def default_norms() -> list[str]:
-  """The paper's rows first (batch, weight, layer), then every other normalizer ln_jax has."""
+  """The paper's rows first (batch, weight, layer), then every other normalizer ln_jax has, then
+  the evaluation-mode rows."""
   paper = ['batch', 'weight', 'layer']
-  return paper + [name for name in layers.NORMS if name not in paper]
+  return paper + [name for name in layers.NORMS if name not in paper] + list(EVAL_ROWS)
 
 
 class NormalizedLayer(nn.Module):
-  """One hidden layer of the MLP before its nonlinearity: norm(W x), or W x + b without a norm."""
+  """One hidden layer of the MLP before its nonlinearity: norm(W x), or W x + b without a norm.
+  `train` False measures the normalizer in evaluation mode (running averages at their init)."""
   features: int
   dense: Callable[..., nn.Module]
   norm: layers.NormFactory | None
+  train: bool = True
 
   @nn.compact
   def __call__(self, x_NxD):
     a_NxH = self.dense(self.features, use_bias=self.norm is None, name='dense')(x_NxD)
-    return a_NxH if self.norm is None else self.norm(True, name='norm')(a_NxH)
+    return a_NxH if self.norm is None else self.norm(self.train, name='norm')(a_NxH)
 
 
 def _perturb_params(rng, params):
@@ -156,12 +176,14 @@ def measure(config, norm: str, *, seed: int = 0, epsilon: float = 0.0, dtype: st
   """Deviation of one normalized layer's output under each transformation, by TRANSFORMS name.
 
   `config` supplies the normalizer settings `layers.make_norm` reads; `norm` and `epsilon`
-  replace its norm and norm_epsilon. The inputs are standard normal times `input_scale`.
+  replace its norm and norm_epsilon. The inputs are standard normal times `input_scale`. A norm
+  of `EVAL_ROWS` is measured in evaluation mode.
   """
   layer_config = config.copy_and_resolve_references()
-  layer_config.norm = norm
+  layer_config.norm = EVAL_ROWS.get(norm, norm)
   layer_config.norm_epsilon = float(epsilon)
-  layer = NormalizedLayer(features, layers.make_dense(layer_config), layers.make_norm(layer_config))
+  layer = NormalizedLayer(features, layers.make_dense(layer_config), layers.make_norm(layer_config),
+                          train=norm not in EVAL_ROWS)
   rng = np.random.default_rng(seed)
   x_NxD = input_scale * rng.standard_normal((batch_size, in_features))
   with jax.enable_x64(dtype == 'float64'):
@@ -187,9 +209,10 @@ def measure(config, norm: str, *, seed: int = 0, epsilon: float = 0.0, dtype: st
 def check_settings(norm_names, *, epsilon: float, dtype: str, threshold: float | None):
   """Validates the settings of `measure_table`; returns the rows and the threshold to use."""
   norm_names = list(norm_names or default_norms())
-  unknown = [n for n in norm_names if n not in layers.NORMS]
+  known = list(layers.NORMS) + list(EVAL_ROWS)
+  unknown = [n for n in norm_names if n not in known]
   if unknown:
-    raise UserError(f'unknown norm {", ".join(unknown)}; choose from {", ".join(layers.NORMS)}')
+    raise UserError(f'unknown norm {", ".join(unknown)}; choose from {", ".join(known)}')
   if dtype not in DTYPES:
     raise UserError(f'dtype {dtype!r} is not supported; choose float64 or float32')
   if epsilon < 0:

@@ -1,6 +1,8 @@
 """The layers: normalizers, the dense layer they follow, and the recurrent cells built from both."""
 
 from ln_jax.layers.batch_norm import BatchNorm
+from ln_jax.layers.batch_renorm import BatchRenorm
+from ln_jax.layers.batch_renorm import RenormSchedule
 from ln_jax.layers.cells import CELLS
 from ln_jax.layers.cells import NormSpec
 from ln_jax.layers.cells import RECURRENT_NORMS
@@ -10,6 +12,7 @@ from ln_jax.layers.factories import NORMS
 from ln_jax.layers.factories import NormFactory
 from ln_jax.layers.factories import make_dense
 from ln_jax.layers.factories import make_norm
+from ln_jax.layers.group_norm import GroupNorm
 from ln_jax.layers.layer_norm import LayerNorm
 from ln_jax.layers.layer_norm import RMSNorm
 from ln_jax.layers.statistics import DEFAULT_EPSILON

@@ -10,6 +10,11 @@ One `RecurrentLayer` runs a whole sequence with `lax.scan`. The normalization (`
 - 'batch': recurrent BN (Cooijmans et al., 2016): the LN above replaced by BN over the batch with
   statistics and running averages per time step up to T_max (steps beyond reuse those of T_max),
   shift 0 on the W_h h and W_x x terms (the cell's bias b takes its place), gamma init 0.1.
+- 'group': Group Normalization (Wu & He, 2018) where the cell has LN, over `NormSpec.groups`
+  groups of each normalized vector (one group is the 'layer' cell).
+- 'batch_renorm': Batch Renormalization (Ioffe, 2017; see `batch_renorm`) where the cell has
+  BN, per time step like recurrent BN: running mean and standard deviation [T_max, F] and a step
+  counter for the r_max/d_max warm-up.
 
 Speed: W_x x is computed for every step at once before the scan, which does one fused matmul
 per step. With LN the kernels are re-centred per normalized group of units first (LN's output
@@ -29,10 +34,13 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
+from ln_jax.layers import batch_renorm
+from ln_jax.layers import group_norm
 from ln_jax.layers import statistics
 
 CELLS = ('lstm', 'gru', 'rnn')
-RECURRENT_NORMS = ('none', 'layer', 'batch')
+RECURRENT_NORMS = ('none', 'layer', 'batch', 'group', 'batch_renorm')
+PER_EXAMPLE_NORMS = ('layer', 'group')  # gains 1, with shifts, where the paper's LN is
 # Units of the fused projection per hidden unit, in gate blocks: f i o g | z r candidate | a.
 GATE_BLOCKS = {'lstm': 4, 'gru': 3, 'rnn': 1}
 
@@ -42,7 +50,8 @@ class NormSpec:
   """How a recurrent layer normalizes its summed inputs.
 
   `max_steps` is BN's T_max (None: the sequence length at initialization).
-  `eval_batch_stats` makes BN use the batch statistics in evaluation too.
+  `eval_batch_stats` makes BN use the batch statistics in evaluation too. `groups` is GN's
+  number of groups; `renorm` Batch Renorm's clipping schedule.
   """
   kind: str = 'layer'
   epsilon: float = statistics.DEFAULT_EPSILON
@@ -52,6 +61,8 @@ class NormSpec:
   gamma_init: float = 0.1
   max_steps: int | None = None
   eval_batch_stats: bool = False
+  groups: int = group_norm.DEFAULT_GROUPS
+  renorm: batch_renorm.RenormSchedule = batch_renorm.RenormSchedule()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +82,12 @@ class StepNorm:
   unbiased_variance: bool = False
   eval_stats: Any = None  # BN evaluation: running (mean, var) of every step, [T, F]
   centered: bool = False
+  groups: int = 1
+  # Batch renorm: running (mean, std) of every step in `eval_stats`, used in training too, and
+  # training's clipping bounds.
+  training: bool = False
+  r_max: Any = 1.0
+  d_max: Any = 0.0
 
   def __call__(self, x_BxF, mask_B=None, stats=None):
     if self.kind == 'none':
@@ -82,6 +99,11 @@ class StepNorm:
     elif self.kind == 'layer':
       centered, _, var, _ = statistics.centered_moments(
           x_BxF, (1,), use_fast_variance=self.fast_variance)
+    elif self.kind == 'group':
+      return self._affine(group_norm.group_normalize(
+          x_BxF, self.groups, self.epsilon, self.fast_variance)), None
+    elif self.kind == 'batch_renorm':
+      return self._renorm(x_BxF, mask_B, stats)
     elif stats is None:
       centered, mean, var, count = statistics.centered_moments(
           x_BxF, (0,), mask=None if mask_B is None else mask_B[:, None],
@@ -92,12 +114,28 @@ class StepNorm:
     else:
       mean, var = stats
       centered = jnp.asarray(x_BxF, jnp.float32) - mean
-    y = centered * lax.rsqrt(var + self.epsilon)
+    return self._affine(centered * lax.rsqrt(var + self.epsilon)), batch_stats
+
+  def _affine(self, y):
     if self.scale is not None:
       y = y * self.scale
     if self.bias is not None:
       y = y + self.bias
-    return y, batch_stats
+    return y
+
+  def _renorm(self, x_BxF, mask_B, stats):
+    """Batch renorm of one step with running (mean, std) `stats`; in training also returns
+    (mean_B, sigma_B, count) for the running averages."""
+    mean, std = stats
+    if not self.training:
+      return self._affine((jnp.asarray(x_BxF, jnp.float32) - mean) / std), None
+    centered, mean_B, var_B, count = statistics.centered_moments(
+        x_BxF, (0,), mask=None if mask_B is None else mask_B[:, None],
+        use_fast_variance=self.fast_variance)
+    mean_B, sigma_B = mean_B[0], jnp.sqrt(var_B[0] + self.epsilon)
+    r, d = batch_renorm.corrections(mean_B, sigma_B, mean, std, self.r_max, self.d_max)
+    y = self._affine(centered / sigma_B * r + d)
+    return y, (mean_B, sigma_B, jnp.reshape(count, (-1,))[0])
 
 
 class RecurrentNorm(nn.Module):
@@ -117,30 +155,38 @@ class RecurrentNorm(nn.Module):
     kind, shape = self.spec.kind, (self.features,)
     if kind == 'none':
       return
-    gamma = 1.0 if kind == 'layer' else self.spec.gamma_init
+    gamma = 1.0 if kind in PER_EXAMPLE_NORMS else self.spec.gamma_init
     self.scale = self.param('scale', nn.initializers.constant(gamma), shape, jnp.float32)
     self.bias = (self.param('bias', nn.initializers.zeros, shape, jnp.float32)
                  if self.use_bias else None)
-    if kind == 'batch':
+    if kind in ('batch', 'batch_renorm'):
       rows = (self.max_steps, self.features)
+      spread = 'var' if kind == 'batch' else 'std'
       self.running_mean = self.variable('batch_stats', 'mean', jnp.zeros, rows, jnp.float32)
-      self.running_var = self.variable('batch_stats', 'var', jnp.ones, rows, jnp.float32)
+      self.running_var = self.variable('batch_stats', spread, jnp.ones, rows, jnp.float32)
+    if kind == 'batch_renorm':
+      self.step = self.variable('batch_stats', 'step', lambda: jnp.zeros((), jnp.int32))
 
   def __call__(self, num_steps: int, train: bool) -> StepNorm:
     spec = self.spec
     if spec.kind == 'none':
       return StepNorm('none')
-    eval_stats = None
-    if spec.kind == 'batch' and not (train or spec.eval_batch_stats):
+    eval_stats, r_max, d_max = None, 1.0, 0.0
+    if spec.kind == 'batch_renorm' or (
+        spec.kind == 'batch' and not (train or spec.eval_batch_stats)):
       # Steps past T_max reuse the statistics of T_max.
       rows = jnp.minimum(jnp.arange(num_steps), self.running_mean.value.shape[0] - 1)
       eval_stats = (jnp.asarray(self.running_mean.value)[rows],
                     jnp.asarray(self.running_var.value)[rows])
+    if spec.kind == 'batch_renorm':
+      r_max, d_max = spec.renorm(self.step.value)
     return StepNorm(spec.kind, self.scale, self.bias, spec.epsilon, spec.fast_variance,
-                    spec.unbiased_variance, eval_stats, self.centered_input)
+                    spec.unbiased_variance, eval_stats, self.centered_input, spec.groups,
+                    train, r_max, d_max)
 
   def update(self, batch_stats) -> None:
-    """Momentum update of the running averages of steps < T_max that saw a real example."""
+    """Momentum update of the running averages of steps < T_max that saw a real example (the
+    standard deviations for batch renorm, as in Ioffe's paper; the variances for BN)."""
     if (batch_stats is None or self.is_initializing()
         or not self.is_mutable_collection('batch_stats')):
       return
@@ -153,6 +199,8 @@ class RecurrentNorm(nn.Module):
       old = current[:n]
       new = jnp.where(seen, m * old + (1.0 - m) * value[:n], old)
       running.value = current.at[:n].set(new)
+    if self.spec.kind == 'batch_renorm':
+      self.step.value = self.step.value + 1
 
 
 def center_column_groups(kernel, sizes):
@@ -223,14 +271,14 @@ class RecurrentLayer(nn.Module):
     # The LSTM's b is in every variant (the paper's LN-LSTM included). The GRU's and RNN's
     # normalizers carry their biases, except BN's shift-0 ones in the GRU.
     bias = None
-    if {'lstm': True, 'gru': kind != 'layer', 'rnn': kind == 'none'}[self.cell]:
+    if {'lstm': True, 'gru': kind not in PER_EXAMPLE_NORMS, 'rnn': kind == 'none'}[self.cell]:
       forget = self.forget_bias if self.cell == 'lstm' else 0.0  # gate order f, i, o, g
       bias = self.param('bias', lambda key, shape, dtype: jnp.zeros(shape, dtype).at[
           :hidden].set(forget), (units,), jnp.float32)
 
     # name: (features, has a shift, normalizes a projection); BN's shift is 0 on the summed
     # inputs (Cooijmans et al.), where the cell's bias follows.
-    shift = kind == 'layer'
+    shift = kind in PER_EXAMPLE_NORMS
     layout = {
         'lstm': {'norm_x': (units, shift, True), 'norm_h': (units, shift, True),
                  'norm_c': (hidden, True, False)},

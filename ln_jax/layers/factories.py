@@ -8,12 +8,14 @@ from typing import Callable
 import flax.linen as nn
 
 from ln_jax.layers import batch_norm
+from ln_jax.layers import batch_renorm
 from ln_jax.layers import dense
+from ln_jax.layers import group_norm
 from ln_jax.layers import layer_norm
 from ln_jax.layers import weight_norm
 
 NormFactory = Callable[..., nn.Module]
-NORMS = ('layer', 'batch', 'rms', 'weight', 'none')
+NORMS = ('layer', 'batch', 'rms', 'weight', 'none', 'group', 'batch_renorm')
 
 
 def make_norm(config) -> NormFactory | None:
@@ -21,7 +23,9 @@ def make_norm(config) -> NormFactory | None:
 
   The factory hides which normalizer it builds, so one model definition serves all of them.
   Reads config.norm, norm_epsilon, norm_fast_variance, bn_momentum, bn_unbiased_variance,
-  bn_eval_stats ('running' | 'batch') and bn_ghost_batches (1 when absent). 'weight' normalizes
+  bn_eval_stats ('running' | 'batch' | 'population': running averages replaced by the training
+  loop, see `training.population`) and bn_ghost_batches (1 when absent); 'group' reads
+  gn_groups, 'batch_renorm' bn_momentum and the renorm_* schedule keys. 'weight' normalizes
   the dense layers themselves (see `make_dense`), so like 'none' it has no norm module. 'rms' gets
   a bias: the dense layer before a norm has none, and both papers add b after the normalization,
   f(norm(a) + b).
@@ -49,6 +53,17 @@ def make_norm(config) -> NormFactory | None:
                        **{**common, 'ghost_batches': config.get('bn_ghost_batches', 1),
                           **overrides})
     return make_batch_norm
+  if name == 'group':
+    def make_group_norm(train: bool, **overrides):
+      del train  # per-example statistics, as in LN
+      return group_norm.GroupNorm(**{'num_groups': config.gn_groups, **common, **overrides})
+    return make_group_norm
+  if name == 'batch_renorm':
+    schedule = batch_renorm.schedule_from_config(config)
+    def make_batch_renorm(train: bool, **overrides):
+      return batch_renorm.BatchRenorm(use_running_average=not train, momentum=config.bn_momentum,
+                                      schedule=schedule, **{**common, **overrides})
+    return make_batch_renorm
   raise ValueError(f'unknown norm {name!r}; choose one of {", ".join(NORMS)}')
 
 

@@ -51,8 +51,9 @@ class MLP(nn.Module):
 
 
 def norm_logits_default(norm: str) -> bool:
-  """The paper's placement: BN on every layer, logits included; LN on hidden layers only."""
-  return norm == 'batch'
+  """The paper's placement: BN (and its batch renorm variant) on every layer, logits included;
+  LN (and the per-example norms) on hidden layers only."""
+  return norm in ('batch', 'batch_renorm')
 
 
 def create_model(config) -> nn.Module:

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ln_jax.layers import batch_renorm
 from ln_jax.layers import cells
 from ln_jax import data as data_lib
 
@@ -91,8 +92,9 @@ class SequenceClassifier(nn.Module):
 
 
 def default_initial_state(norm: str) -> str:
-  """'input_mean' for recurrent BN, which needs states that differ over the batch; else 0."""
-  return 'input_mean' if norm == 'batch' else 'zeros'
+  """'input_mean' for recurrent BN and batch renorm, which need states that differ over the
+  batch; else 0."""
+  return 'input_mean' if norm in ('batch', 'batch_renorm') else 'zeros'
 
 
 def norm_spec(config) -> cells.NormSpec:
@@ -103,7 +105,9 @@ def norm_spec(config) -> cells.NormSpec:
                         unbiased_variance=config.bn_unbiased_variance,
                         gamma_init=config.bn_gamma_init,
                         max_steps=config.model.bn_max_steps,
-                        eval_batch_stats=config.bn_eval_stats == 'batch')
+                        eval_batch_stats=config.bn_eval_stats == 'batch',
+                        groups=config.gn_groups,
+                        renorm=batch_renorm.schedule_from_config(config))
 
 
 def create_classifier(config) -> SequenceClassifier:

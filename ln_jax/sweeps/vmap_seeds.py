@@ -25,8 +25,10 @@ from ln_jax.training import config_checks
 from ln_jax.training import checkpoint
 from ln_jax import data as data_lib
 from ln_jax import models
+from ln_jax.training import population
 from ln_jax.training import rundir
 from ln_jax.training import train
+from ln_jax.errors import UserError
 from ln_jax.training.progress import Progress
 
 
@@ -101,6 +103,9 @@ def train_seeds(configs, workdirs: list[str]) -> list[dict]:
   for config in configs:
     config_checks.check_config(config)
   config = configs[0]
+  if population.applies(config):
+    raise UserError('bn_eval_stats=population is not available with --vmap_seeds; run the seeds '
+                    'separately (--novmap_seeds)')
   arrays, shared, num_train, example = _stack_splits(configs)
   config_checks.check_config(config, num_train=num_train)
   schedule = train.Schedule(config, num_train)

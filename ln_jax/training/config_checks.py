@@ -6,10 +6,12 @@ from ln_jax import data as data_lib
 from ln_jax import models
 from ln_jax import layers
 from ln_jax.training import optimizers
+from ln_jax.training import population as population_lib
 from ln_jax.models import recurrent
 from ln_jax.errors import UserError
 
 ON_NONFINITE = ('stop', 'skip')
+BN_EVAL_STATS = ('running', 'batch', 'population')
 # Keys train_and_evaluate reads beyond the model's and the data's: every config file needs them.
 REQUIRED_KEYS = ('norm', 'optimizer', 'learning_rate', 'batch_size', 'num_epochs', 'seed',
                  'eval_every_epochs', 'eval_batch_size', 'steps_per_call', 'log_every_seconds',
@@ -39,8 +41,8 @@ def check_config(config, num_train: int | None = None) -> None:
       (config.steps_per_call > 0, f'steps_per_call={config.steps_per_call} must be positive'),
       (config.norm_epsilon >= 0, f'norm_epsilon={config.norm_epsilon} must be >= 0'),
       (0 <= config.bn_momentum < 1, f'bn_momentum={config.bn_momentum} must be in [0, 1)'),
-      (config.bn_eval_stats in ('running', 'batch'),
-       f"bn_eval_stats={config.bn_eval_stats!r} must be 'running' or 'batch'"),
+      (config.bn_eval_stats in BN_EVAL_STATS,
+       f"bn_eval_stats={config.bn_eval_stats!r} must be one of {', '.join(BN_EVAL_STATS)}"),
       (config.data.source in data_lib.SOURCES, f'unknown data.source {config.data.source!r}; '
                                                f'choose one of {", ".join(data_lib.SOURCES)}'),
       (config.dtype in ('float32', 'bfloat16', 'float16'),
@@ -76,10 +78,54 @@ def check_config(config, num_train: int | None = None) -> None:
        f'bn_ghost_batches={ghost_batches} applies to the MLP\'s BatchNorm only; leave it at 1 '
        f'for model.name={config.model.name}'),
   ]
+  checks += small_batch_checks(config)
   if num_train is not None:
     checks.append((config.batch_size <= num_train,
                    f'batch_size={config.batch_size} is larger than the {num_train} training '
                    'examples; lower it'))
+    population = config.get('bn_population_batches', 1) * population_lib.batch_size(config)
+    checks.append((not population_lib.applies(config) or population <= num_train,
+                   f'bn_population_batches={config.get("bn_population_batches")} batches of '
+                   f'{population_lib.batch_size(config)} need {population} of the {num_train} '
+                   'training examples; lower bn_population_batches'))
   for ok, message in checks:
     if not ok:
       raise UserError(message)
+
+
+def _normalized_widths(config) -> tuple[int, ...]:
+  """The widths a group norm splits: the MLP's hidden layers (and logits), or the cells' H."""
+  m = config.model
+  if m.name == 'recurrent':
+    return (m.hidden_size,)  # the cells normalize H, 2H or 4H units: H divisible suffices
+  norm_logits = config.get('norm_logits')
+  return tuple(m.get('hidden_sizes', ())) + ((m.num_classes,) if norm_logits else ())
+
+
+def small_batch_checks(config) -> list[tuple[bool, str]]:
+  """(condition, message) pairs for the group norm, batch renorm and population keys."""
+  checks = []
+  if config.norm == 'group':
+    groups = config.gn_groups
+    widths = _normalized_widths(config)
+    checks.append((isinstance(groups, int) and groups >= 1
+                   and all(w % groups == 0 for w in widths),
+                   f'gn_groups={groups} must be a positive divisor of every normalized width '
+                   f'{widths}; e.g. --config.gn_groups=1 (LayerNorm)'))
+  if config.norm == 'batch_renorm':
+    start = config.renorm_start_step
+    checks += [
+        (config.renorm_r_max >= 1, f'renorm_r_max={config.renorm_r_max} must be >= 1 '
+                                   '(1: no scale correction)'),
+        (config.renorm_d_max >= 0, f'renorm_d_max={config.renorm_d_max} must be >= 0 '
+                                   '(0: no shift correction)'),
+        (start >= 0, f'renorm_start_step={start} must be >= 0'),
+        (config.renorm_r_max_step >= start and config.renorm_d_max_step >= start,
+         f'renorm_r_max_step={config.renorm_r_max_step} and renorm_d_max_step='
+         f'{config.renorm_d_max_step} must be >= renorm_start_step={start}'),
+    ]
+  if config.bn_eval_stats == 'population':
+    batches = config.get('bn_population_batches', 0)
+    checks.append((isinstance(batches, int) and batches >= 1,
+                   f'bn_population_batches={batches} must be a positive number of batches'))
+  return checks

@@ -34,6 +34,7 @@ from ln_jax import data as data_lib
 from ln_jax import models
 from ln_jax.training import optimizers
 from ln_jax.training import parallel
+from ln_jax.training import population
 from ln_jax.training import resume
 from ln_jax.training import rundir
 from ln_jax.errors import Interrupted
@@ -281,6 +282,8 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
     _check_finite(config, loop, ckpt, workdir)
     checkpoint.save(ckpt, step, loop.payload(state, loop.elapsed_s + progress.elapsed()))
 
+  # BN's population statistics for evaluation, when asked for (the state is not changed).
+  evaluation_state = population.evaluator(config, train_images, preprocess=preprocess, mesh=mesh)
   progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds, step)
   writer = rundir.MetricsWriter(workdir) if parallel.is_primary() else rundir.NoMetricsWriter()
   last, rate_steps, rate_start, order_epoch = {}, 0, time.time(), -1
@@ -307,7 +310,8 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
         progress.update(step, loop.window)
         if schedule.is_eval_step(step):
           _check_finite(config, loop, ckpt, workdir)
-          record = _record(config, state, loop, step, schedule, eval_sets, mesh)
+          record = _record(config, evaluation_state(state, step), loop, step, schedule,
+                           eval_sets, mesh)
           record['elapsed_s'] = loop.elapsed_s + progress.elapsed()
           record['steps_per_s'] = rate_steps / max(time.time() - rate_start, 1e-9)
           writer.write(record)
