@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -50,23 +51,64 @@ def _unknown_key(error: BaseException, argv: list[str]) -> UserError:
   return UserError(f"unknown config key '{name}'{hint}; see the config file for the valid names")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, raising UserError for unknown or ill-typed flags and config keys."""
-  try:
-    rest = flags.FLAGS(argv)
-  except flags.Error as e:
-    raise UserError(f'{_one_line(e)}; fix the flag (--helpshort lists them)') from None
-  except (KeyError, AttributeError) as e:
-    raise _unknown_key(e, argv) from None
+def _config_files(argv: list[str]) -> dict[str, str]:
+  """{flag name: config file path} for the config-file flags given in `argv` (read from the
+  arguments themselves, so that it works when parsing them failed)."""
+  files = {}
   for name in flags.FLAGS:
-    try:
-      path = config_flags.get_config_filename(flags.FLAGS[name])
-    except TypeError:  # not a config flag
+    if not config_flags.config_flags.is_config_flag(flags.FLAGS[name]):
       continue
-    path = (path or '').split(':', 1)[0]  # drop the variant after the colon
+    for i, arg in enumerate(argv):
+      if arg.startswith(f'--{name}='):
+        files[name] = arg.split('=', 1)[1]
+      elif arg == f'--{name}' and i + 1 < len(argv):
+        files[name] = argv[i + 1]
+  return {name: path.split(':', 1)[0] for name, path in files.items()}  # drop the variant
+
+
+def _check_config_files(argv: list[str]) -> None:
+  for name, path in _config_files(argv).items():
     if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
       raise UserError(f'config file {path} not found or unreadable; pass --{name}=PATH to one '
                       'of the files in configs/')
+
+
+def _config_file_error(error: Exception, argv: list[str]) -> UserError | None:
+  """The one line for a config file that fails to load or whose get_config raises, naming the
+  file and the line; None when the error did not come from a config file."""
+  for name, path in _config_files(argv).items():
+    where = os.path.abspath(path)
+    if isinstance(error, SyntaxError) and os.path.abspath(error.filename or '') == where:
+      line = error.lineno
+    else:
+      lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+               if os.path.abspath(frame.filename) == where]
+      if not lines:
+        continue
+      line = lines[-1]
+    message = error.msg if isinstance(error, SyntaxError) else _one_line(error)
+    return UserError(f'config file {path} (--{name}) fails at line {line}: '
+                     f'{type(error).__name__}: {message}; fix the file')
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, raising UserError for unknown or ill-typed flags and config keys, and
+  for config files that are missing, or fail to load."""
+  try:
+    _check_config_files(argv)
+    rest = flags.FLAGS(argv)
+  except UserError:
+    raise
+  except flags.Error as e:
+    raise UserError(f'{_one_line(e)}; fix the flag (--helpshort lists them)') from None
+  except (KeyError, AttributeError) as e:
+    raise _config_file_error(e, argv) or _unknown_key(e, argv) from None
+  except Exception as e:  # a config file's own error: SyntaxError, ImportError, anything
+    user_error = _config_file_error(e, argv)
+    if user_error is None:
+      raise
+    raise user_error from None
   return rest
 
 

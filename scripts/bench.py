@@ -26,9 +26,11 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: 20 steps, one round, a sm
                            'input (unless those flags are given).')
 _STEPS = flags.DEFINE_integer(
     'steps', 3000, 'Timed training steps per contender, capped at one epoch (429 steps at '
-    'batch 128); 0: one whole epoch (13,750 steps at batch 4).')
-_ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median is reported.')
-_WARMUP = flags.DEFINE_integer('warmup_steps', 20, 'Untimed steps first (compilation).')
+    'batch 128); 0: one whole epoch (13,750 steps at batch 4).', lower_bound=0)
+_ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median is reported.',
+                               lower_bound=1)
+_WARMUP = flags.DEFINE_integer('warmup_steps', 20, 'Untimed steps first (compilation).',
+                               lower_bound=0)
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['4', '128'], 'Training batch sizes.')
 _NORMS = flags.DEFINE_list('norms', ['layer', 'batch', 'none'], 'Normalizers to train.')
 _CONTENDERS = flags.DEFINE_list('contenders', ['ln_jax', 'jit_loop', 'torch'],
@@ -42,8 +44,10 @@ _VARIANT = flags.DEFINE_multi_string(
     'in the same rounds, e.g. fuse_weight_grad=False; repeatable.')
 _LN_SHAPE = flags.DEFINE_list('ln_shape', ['8192', '1000'], 'LayerNorm input rows,features.')
 _PEAK_GBS = flags.DEFINE_float('peak_gbs', 0.0, "The device's memory bandwidth in GB/s, to "
-                               'report LayerNorm GB/s as a fraction of it (0: not reported).')
-_CELLS_BATCH = flags.DEFINE_integer('cells_batch_size', 64, 'Batch size of the recurrent runs.')
+                               'report LayerNorm GB/s as a fraction of it (0: not reported).',
+                               lower_bound=0.0)
+_CELLS_BATCH = flags.DEFINE_integer('cells_batch_size', 64, 'Batch size of the recurrent runs.',
+                                    lower_bound=1)
 _CELLS_VARIANT = flags.DEFINE_string('cells_variant', 'rows', 'configs/seq_mnist.py variant.')
 
 

@@ -26,7 +26,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the two runs (an ear
                                'folder is replaced).')
 _SIGNALS = flags.DEFINE_list('signals', ['KILL'], 'Signals to interrupt the run with, in order: '
                              'KILL, TERM or INT (Ctrl-C).')
-_TIMEOUT = flags.DEFINE_float('timeout', 3600.0, 'Seconds to wait for any one stage.')
+_TIMEOUT = flags.DEFINE_float('timeout', 3600.0, 'Seconds to wait for any one stage.',
+                              lower_bound=1.0)
 flags.mark_flags_as_required(['workdir'])
 
 

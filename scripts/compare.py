@@ -25,7 +25,7 @@ _GROUP_BY = flags.DEFINE_list('group_by', None, 'Config keys whose values make a
 _PANEL_BY = flags.DEFINE_string('panel_by', 'batch_size', 'Group key with one panel per value '
                                 '(the first group key when this one is not grouped on).')
 _THRESHOLD = flags.DEFINE_float('threshold', 0.02, 'The table gives the epochs each group took '
-                                'to reach metric <= threshold.')
+                                'to reach metric <= threshold.', lower_bound=0.0)
 _BAND = flags.DEFINE_enum('band', 'minmax', ['minmax', 'std'], 'Band around each mean curve.')
 
 

@@ -30,11 +30,12 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', 'runs/invariance',
                                   'Folder for invariance.md and invariance.json (created).')
 _NORMS = flags.DEFINE_list('norms', None, 'Rows to measure (default: all normalizers).')
 _EPSILON = flags.DEFINE_float('epsilon', 0.0, 'Normalizer epsilon; any > 0 makes the '
-                              'invariances approximate.')
+                              'invariances approximate.', lower_bound=0.0)
 _DTYPE = flags.DEFINE_enum('dtype', 'float64', invariance.DTYPES, 'Precision of the measurement.')
 _THRESHOLD = flags.DEFINE_float('threshold', None, 'Largest deviation still called Invariant '
                                 '(default 1e-9 in float64, 1e-4 in float32).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the data, parameters and transformations.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the data, parameters and transformations.',
+                             lower_bound=0)
 
 
 def main(argv):

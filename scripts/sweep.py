@@ -46,7 +46,8 @@ def main(argv):
   common = sweep.parse_common_overrides([a for a in argv[1:] if a.startswith('--config.')])
   shard = sweep.parse_shard(_SHARD.value)
   experiment = sweep.load_experiment(_EXPERIMENT.value)
-  cli.prepare_workdir(_WORKDIR.value)
+  from ln_jax.training import resume
+  resume.check_workdir(_WORKDIR.value)  # run_sweep creates it once every value is checked
   sweep_runner.run_sweep(experiment, _WORKDIR.value, common, parallel=_PARALLEL.value,
                          shard=shard, only=_ONLY.value, vmap_seeds=_VMAP_SEEDS.value)
 

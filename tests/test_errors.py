@@ -22,6 +22,7 @@ from ln_jax.training import resume
 from ln_jax.training import rundir
 from ln_jax.training import train
 from ln_jax.errors import UserError
+from conftest import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = 'configs/pi_mnist.py:tiny'
@@ -108,6 +109,35 @@ CASES = {
                                  f'--config.data.dir={_corrupt(_fake_mnist(d / "idx"), "cut")}'],
                       'truncated or corrupt'),
     'workdir_is_a_file': (lambda d: [f'--workdir={_touch(d / "file")}'], 'is not a directory'),
+    'missing_config_file_with_key_flags': (
+        lambda d: ['--config=configs/no_such.py', '--config.norm=layer'],
+        'config file configs/no_such.py not found'),
+    'config_file_syntax_error': (lambda d: [f'--config={_write(d / "bad.py", "def get(:")}'],
+                                 'bad.py (--config) fails at line 1: SyntaxError'),
+    'get_config_raises': (
+        lambda d: [f'--config={_write(d / "raises.py", RAISING_CONFIG)}'],
+        'raises.py (--config) fails at line 2: RuntimeError: no such variant'),
+    'infinite_learning_rate': (lambda d: ['--config.learning_rate=inf'],
+                               'learning_rate=inf must be a finite number'),
+    'nan_num_epochs': (lambda d: ['--config.num_epochs=nan'],
+                       'num_epochs=nan must be a finite number'),
+    'empty_hidden_sizes': (lambda d: [f'--config={TINY},model.hidden_sizes=()'],
+                           'model.hidden_sizes=() is empty'),
+    'workdir_cannot_be_created': (lambda d: ['--workdir=/proc/ln_jax_none/run'],
+                                  'cannot create workdir /proc/ln_jax_none/run'),
+    # scripts/sweep.py: nothing, not even an empty sweep folder, is left behind.
+    'experiment_fails_to_import': (
+        lambda d: [f'--experiment={_write(d / "exp.py", "import no_such_module")}'],
+        'exp.py fails at line 1: ModuleNotFoundError'),
+    'experiment_members_raise': (
+        lambda d: [f'--experiment={_write(d / "exp.py", RAISING_EXPERIMENT)}'],
+        'exp.py fails at line 3: ZeroDivisionError'),
+    'sweep_parallel_zero': (lambda d: [f'--experiment={FIG6}', '--parallel=0'],
+                            '--parallel=0 must be at least 1'),
+    'sweep_unknown_member': (lambda d: [f'--experiment={FIG6}', '--only=norm-lyaer'],
+                             "unknown member 'norm-lyaer'"),
+    'sweep_unknown_key': (lambda d: [f'--experiment={FIG6}', '--config.nrom=layer'],
+                          "unknown config key 'nrom'"),
     'workdir_with_another_config': (
         lambda d: [f'--workdir={_existing_run(d / "run")}', '--config.norm=batch'],
         'holds a run with a different config (norm: layer -> batch); pass --fresh'),
@@ -116,20 +146,86 @@ if os.geteuid() != 0:  # root reads and writes whatever the permissions say
   CASES['workdir_unreadable'] = (lambda d: [f'--workdir={_locked(d / "run")}'],
                                  'is not readable and writable')
 
-# The other impossible values, caught by the same check_config as zero_learning_rate above, are
-# checked in this process: variant -> text of the UserError.
-VALUES = {
-    'learning_rate=-0.001': 'learning_rate=-0.001 must be positive',
-    'batch_size=0': 'batch_size=0 must be positive',
-    'norm=instance': "unknown norm 'instance'",
-    'model.name=cnn': "unknown model.name 'cnn'",
-    'data.name=cifar10': "unknown data.name 'cifar10'",
-    'optimizer=adagrad': "unknown optimizer 'adagrad'",
-    'on_nonfinite=ignore': "on_nonfinite='ignore' must be one of stop, skip",
-    'model.hidden_sizes=0:32': 'model.hidden_sizes=(0, 32) must be positive integers',
-    'num_epochs=0': 'num_epochs=0.0 must be positive',
-    'checkpoint_every_epochs=-1': 'checkpoint_every_epochs=-1.0 must be positive',
+# A bad value for every key of configs/pi_mnist.py and configs/seq_mnist.py, checked in this
+# process on each config file that has the key: key -> (the `tiny` variant's overrides, text of the
+# UserError). test_every_config_key_has_a_bad_value_case fails for a key missing here.
+BAD_VALUES = {
+    'norm': ('norm=instance', "unknown norm 'instance'"),
+    'norm_logits': ('norm_logits=maybe', "norm_logits='maybe' is not a boolean"),
+    'norm_epsilon': ('norm_epsilon=-1.0', 'norm_epsilon=-1.0 must be >= 0'),
+    'norm_fast_variance': ('norm_fast_variance=maybe', "norm_fast_variance='maybe' is not a"),
+    'bn_momentum': ('bn_momentum=1.0', 'bn_momentum=1.0 must be in [0, 1)'),
+    'bn_unbiased_variance': ('bn_unbiased_variance=2', "bn_unbiased_variance='2' is not a"),
+    'bn_eval_stats': ('bn_eval_stats=mean', "bn_eval_stats='mean' must be one of running, batch"),
+    'bn_population_batches': ('bn_eval_stats=population,bn_population_batches=0',
+                              'bn_population_batches=0 must be a positive number of batches'),
+    'gn_groups': ('norm=group,gn_groups=3', 'gn_groups=3 must be a positive divisor'),
+    'renorm_r_max': ('norm=batch_renorm,renorm_r_max=0.5', 'renorm_r_max=0.5 must be >= 1'),
+    'renorm_d_max': ('norm=batch_renorm,renorm_d_max=-1.0', 'renorm_d_max=-1.0 must be >= 0'),
+    'renorm_start_step': ('norm=batch_renorm,renorm_start_step=-1',
+                          'renorm_start_step=-1 must be >= 0'),
+    'renorm_r_max_step': ('norm=batch_renorm,renorm_start_step=10,renorm_r_max_step=5',
+                          'renorm_r_max_step=5 and renorm_d_max_step='),
+    'renorm_d_max_step': ('norm=batch_renorm,renorm_start_step=30000,renorm_d_max_step=20000',
+                          'renorm_d_max_step=20000 must be >= renorm_start_step=30000'),
+    'bn_ghost_batches': ('bn_ghost_batches=3', 'bn_ghost_batches=3 must be >= 1 and divide'),
+    'bn_gamma_init': ('bn_gamma_init=0.0', 'bn_gamma_init=0.0 must be positive'),
+    'model.name': ('model.name=cnn', "unknown model.name 'cnn'"),
+    'model.hidden_sizes': ('model.hidden_sizes=()', 'model.hidden_sizes=() is empty'),
+    'model.num_classes': ('model.num_classes=5', 'model.num_classes=5 must be 10'),
+    'model.activation': ('model.activation=swish9', "unknown model.activation 'swish9'"),
+    'model.cell': ('model.cell=lstm2', "unknown model.cell 'lstm2'"),
+    'model.hidden_size': ('model.hidden_size=0', 'model.hidden_size=0 must be positive'),
+    'model.num_layers': ('model.num_layers=0', 'model.num_layers=0 must be positive'),
+    'model.pixels_per_step': ('model.pixels_per_step=5', 'model.pixels_per_step=5 must divide'),
+    'model.forget_bias': ('model.forget_bias=1e999', 'model.forget_bias=inf must be a finite'),
+    'model.initial_state': ('model.initial_state=ones', "unknown model.initial_state 'ones'"),
+    'model.bn_max_steps': ('model.bn_max_steps=0', 'model.bn_max_steps=0 must be positive'),
+    'data.name': ('data.name=cifar10', "unknown data.name 'cifar10'"),
+    'data.source': ('data.source=web', "unknown data.source 'web'"),
+    'data.dir': ('data.source=idx,data.dir=/no/such/dir', 'data.dir=/no/such/dir is not a'),
+    'data.valid_size': ('data.valid_size=-1', 'data.valid_size=-1 must be >= 0'),
+    'data.train_size': ('data.train_size=0', 'data.train_size=0 must be positive'),
+    'data.permute': ('data.permute=maybe', "data.permute='maybe' is not a boolean"),
+    'data.permutation_seed': ('data.permutation_seed=-1', 'data.permutation_seed=-1 must be in'),
+    'data.synthetic_train_size': ('data.synthetic_train_size=0',
+                                  'data.synthetic_train_size=0 and'),
+    'data.synthetic_test_size': ('data.synthetic_test_size=-5',
+                                 'data.synthetic_test_size=-5 must be positive'),
+    'optimizer': ('optimizer=adagrad', "unknown optimizer 'adagrad'"),
+    'learning_rate': ('learning_rate=1e999', 'learning_rate=inf must be a finite number'),
+    'weight_decay': ('weight_decay=-0.1', 'weight_decay=-0.1 must be >= 0'),
+    'grad_clip_norm': ('grad_clip_norm=-1.0', 'grad_clip_norm=-1.0 must be >= 0'),
+    'batch_size': ('batch_size=0', 'batch_size=0 must be positive'),
+    'num_epochs': ('num_epochs=1e999', 'num_epochs=inf must be a finite number'),
+    'seed': ('seed=-1', 'seed=-1 must be in [0, 2**32)'),
+    'dtype': ('dtype=float8', "dtype='float8' must be"),
+    'fuse_weight_grad': ('fuse_weight_grad=maybe', "fuse_weight_grad='maybe' is not a boolean"),
+    'eval_every_epochs': ('eval_every_epochs=0.0', 'eval_every_epochs=0.0 must be positive'),
+    'eval_batch_size': ('eval_batch_size=0', 'eval_batch_size=0 must be positive'),
+    'steps_per_call': ('steps_per_call=0', 'steps_per_call=0 must be positive'),
+    'num_devices': ('num_devices=99', 'num_devices=99 but'),
+    'log_every_seconds': ('log_every_seconds=-1.0', 'log_every_seconds=-1.0 must be >= 0'),
+    'checkpoint_every_epochs': ('checkpoint_every_epochs=0.0',
+                                'checkpoint_every_epochs=0.0 must be positive'),
+    'checkpoint_keep': ('checkpoint_keep=0', 'checkpoint_keep=0 must be at least 1'),
+    'on_nonfinite': ('on_nonfinite=ignore', "on_nonfinite='ignore' must be one of stop, skip"),
 }
+CONFIG_FILES = ('configs/pi_mnist.py', 'configs/seq_mnist.py')
+
+
+def _config_keys(config_file: str) -> list[str]:
+  return sorted(rundir.flatten(load_config(config_file, 'tiny').to_dict()))
+
+
+FIG6 = 'experiments/fig6_pi_mnist.py:quick'
+RAISING_CONFIG = 'def get_config(arg=None):\n  raise RuntimeError(f"no such variant {arg}")\n'
+RAISING_EXPERIMENT = 'BASE_CONFIG = "configs/pi_mnist.py:tiny"\ndef members(arg=None):\n  1 / 0\n'
+
+
+def _write(path: pathlib.Path, text: str) -> pathlib.Path:
+  path.write_text(text)
+  return path
 
 
 def _touch(path: pathlib.Path) -> pathlib.Path:
@@ -146,12 +242,13 @@ def _locked(path: pathlib.Path) -> pathlib.Path:
 def _run_case(name: str, folder: pathlib.Path) -> dict:
   folder.mkdir()
   args = CASES[name][0](folder)
-  if not any(a.startswith('--config=') for a in args):
+  script = 'sweep.py' if any(a.startswith('--experiment=') for a in args) else 'train.py'
+  if script == 'train.py' and not any(a.startswith('--config=') for a in args):
     args = [f'--config={TINY}', *args]
   if not any(a.startswith('--workdir=') for a in args):
     args.append(f'--workdir={folder / "run"}')
   before = _tree(folder)
-  proc = subprocess.run([sys.executable, 'scripts/train.py', *args], cwd=REPO,
+  proc = subprocess.run([sys.executable, f'scripts/{script}', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
   after = _tree(folder)
   if (folder / 'run').exists():
@@ -179,11 +276,19 @@ def test_bad_input_gets_one_error_line_and_changes_nothing(results, name):
   assert not result['touched'], 'the workdir or its folder changed'
 
 
-@pytest.mark.parametrize('variant', sorted(VALUES))
-def test_impossible_value_is_refused_before_anything_is_written(variant, tmp_path):
+@pytest.mark.parametrize('config_file', CONFIG_FILES)
+def test_every_config_key_has_a_bad_value_case(config_file):
+  assert [key for key in _config_keys(config_file) if key not in BAD_VALUES] == []
+
+
+@pytest.mark.parametrize('config_file,key', [(f, k) for f in CONFIG_FILES
+                                             for k in _config_keys(f)])
+def test_bad_value_of_each_config_key_is_refused_before_anything_is_written(config_file, key,
+                                                                           tmp_path):
+  variant, message = BAD_VALUES[key]
   workdir = tmp_path / 'run'
-  with pytest.raises(UserError, match=re.escape(VALUES[variant])):
-    train.train_and_evaluate(_config(variant), str(workdir))
+  with pytest.raises(UserError, match=re.escape(message)):
+    train.train_and_evaluate(load_config(config_file, f'tiny,{variant}'), str(workdir))
   assert not workdir.exists()
 
 

@@ -34,8 +34,8 @@ class Run:
 
 
 def read_run(path: str, root: str) -> Run:
-  with open(os.path.join(path, rundir.CONFIG_FILE)) as f:
-    config = rundir.flatten(json.load(f)['config'])
+  """Raises UserError for an unreadable config.json or a damaged metrics.jsonl line."""
+  config = rundir.flatten(rundir.read_config(path)['config'])
   by_step = {r['step']: r for r in rundir.read_metrics(path)}  # a re-run repeats steps
   return Run(os.path.relpath(path, root), config, [by_step[s] for s in sorted(by_step)],
              rundir.is_complete(path))
@@ -61,7 +61,11 @@ def find_runs(root: str) -> list[Run]:
       paths.append(dirpath)
   runs = []
   for path in paths:
-    run = read_run(path, root)
+    try:
+      run = read_run(path, root)
+    except UserError as e:
+      logging.warning('skipping %s: %s', path, e)
+      continue
     if run.records:
       runs.append(run)
     else:

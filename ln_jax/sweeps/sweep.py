@@ -14,12 +14,14 @@ is readable and stays the same when the command is run again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
 import json
 import os
 import re
+import traceback
 
 import ml_collections
 
@@ -53,8 +55,27 @@ def _load_module(path: str, what: str):
   spec = importlib.util.spec_from_file_location(
       '_ln_jax_' + re.sub(r'\W', '_', os.path.splitext(os.path.basename(path))[0]), path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  with _errors_in(path, what):
+    spec.loader.exec_module(module)
   return module
+
+
+@contextlib.contextmanager
+def _errors_in(path: str, what: str):
+  """Turns an exception raised by the code of the file at `path` into one line naming the file
+  and the line; a UserError it raises on purpose passes as it is."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # the file's own code: SyntaxError, ImportError, anything
+    if isinstance(e, SyntaxError) and e.filename == path:
+      line, message = e.lineno, e.msg
+    else:
+      lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == path]
+      line, message = (lines[-1] if lines else '?'), ' '.join(str(e).split())[:200]
+    raise UserError(f'{what} {path} fails at line {line}: {type(e).__name__}: {message}; fix '
+                    'the file') from None
 
 
 def _split_spec(spec: str) -> tuple[str, str | None]:
@@ -76,7 +97,8 @@ def load_experiment(spec: str) -> Experiment:
     if not hasattr(module, name):
       raise UserError(f'experiment file {path} defines no {name}; see '
                       'experiments/fig6_pi_mnist.py for the expected shape')
-  overrides = [dict(o) for o in module.members(arg)]
+  with _errors_in(module.__file__, 'experiment file'):
+    overrides = [dict(o) for o in module.members(arg)]
   if not overrides:
     raise UserError(f'experiment {spec} has no members; check its variant {arg!r}')
   names = member_names(overrides)
@@ -123,7 +145,9 @@ def member_names(overrides: list[dict]) -> list[str]:
 
 def load_base_config(base_config: str) -> ml_collections.ConfigDict:
   path, arg = _split_spec(base_config)
-  return _load_module(_resolve(path), 'config file').get_config(arg)
+  module = _load_module(_resolve(path), 'config file')
+  with _errors_in(module.__file__, 'config file'):
+    return module.get_config(arg)
 
 
 def set_values(config: ml_collections.ConfigDict, overrides: dict, where: str) -> None:

@@ -3,8 +3,10 @@ report members done / running / left with an ETA, and name the ones that failed.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +14,8 @@ import time
 from absl import logging
 
 from ln_jax.training import config_checks
+from ln_jax.training import lock
+from ln_jax.training import resume
 from ln_jax.training import rundir
 from ln_jax.sweeps import sweep
 from ln_jax.errors import UserError
@@ -21,6 +25,7 @@ from ln_jax.errors import UserError
 # as measured (docs/sweeps.md): on CPU a 4-seed vmap trained at about 0.7x the throughput of the
 # same seeds run one after another. Backends not measured yet keep separate runs.
 VMAP_SEEDS_BY_BACKEND = {'cpu': False}
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def vmap_seeds_default(backend: str) -> bool:
@@ -76,6 +81,18 @@ def _child_env(parallel: int) -> dict[str, str]:
   return env
 
 
+def _die_with_parent(parent_pid: int):
+  """A Popen preexec_fn: the kernel sends the child SIGTERM (which makes a run save a checkpoint
+  and stop) when this process dies, however it dies, SIGKILL included. Linux only; elsewhere the
+  children of a killed sweep finish their runs (the run directory's lock keeps a re-run out)."""
+  def preexec():
+    if sys.platform.startswith('linux'):
+      ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+      if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+  return preexec
+
+
 def _unit_name(unit) -> str:
   return unit[0].name + (f'+{len(unit) - 1}seeds' if len(unit) > 1 else '')
 
@@ -84,7 +101,7 @@ def _train_unit(unit, configs, workdir: str) -> None:
   from ln_jax.training import train  # heavy imports only when training
   dirs = [os.path.join(workdir, m.name) for m in unit]
   for d in dirs:
-    os.makedirs(d, exist_ok=True)
+    resume.make_workdir(d)
   if len(unit) == 1:
     train.train_and_evaluate(configs[unit[0].name], dirs[0])
   else:
@@ -112,9 +129,27 @@ def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str]
       config_checks.check_config(config)
     except UserError as e:
       raise UserError(f'member {name}: {e}') from None
-  sweep.write_sweep_file(workdir, experiment, common)
-
   chosen = sweep.select(experiment.members, shard, only)
+  # Everything is checked: only now the folder is made. Its lock keeps a second run of the same
+  # sweep (or shard) out; --only runs (the --parallel children) rely on the members' own locks.
+  resume.make_workdir(workdir)
+  if only:
+    sweep_lock = lock.FolderLock(workdir)
+  else:
+    name = lock.LOCK_FILE + ('' if shard == (0, 1) else f'.shard-{shard[0]}-of-{shard[1]}')
+    sweep_lock = lock.FolderLock(workdir, 'sweep folder', 'another run of this sweep is going: '
+                                 'wait for it to finish, stop it, or choose another --workdir',
+                                 name=name).acquire()
+  try:
+    sweep.write_sweep_file(workdir, experiment, common)
+    _train_members(experiment, workdir, common, chosen, configs, parallel, vmap_seeds,
+                   log_every_s)
+  finally:
+    sweep_lock.release()
+
+
+def _train_members(experiment, workdir, common, chosen, configs, parallel, vmap_seeds,
+                   log_every_s) -> None:
   todo = [m for m in chosen if not rundir.is_complete(os.path.join(workdir, m.name))]
   units = sweep.seed_groups(todo) if vmap_seeds else [[m] for m in todo]
   progress = SweepProgress(len(chosen), len(chosen) - len(todo), parallel)
@@ -169,9 +204,10 @@ def _run_children(experiment, units, workdir, common, vmap_seeds, parallel, prog
           process = subprocess.Popen(
               child_command(experiment, workdir, unit, common, vmap_seeds),
               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-              env=_child_env(parallel), cwd=sweep.REPO_ROOT)
+              env=_child_env(parallel), cwd=sweep.REPO_ROOT,
+              preexec_fn=_die_with_parent(os.getpid()))
         running[process] = (unit, time.time(), log_path)
-        logging.info('started %s (log: %s)', _unit_name(unit), log_path)
+        logging.info('started %s (pid %d, log: %s)', _unit_name(unit), process.pid, log_path)
       for process in [p for p in running if p.poll() is not None]:
         unit, start, log_path = running.pop(process)
         ok = _finished_ok(unit, workdir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ln_jax import data as data_lib
 from ln_jax import models
 from ln_jax import layers
@@ -18,12 +20,28 @@ REQUIRED_KEYS = ('norm', 'optimizer', 'learning_rate', 'batch_size', 'num_epochs
                  'checkpoint_every_epochs', 'checkpoint_keep', 'on_nonfinite')
 
 
+def _check_finite(config) -> None:
+  """Every float in the config is a number: inf and NaN parse as floats but mean nothing here."""
+  for key, value in _flat_items(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f'{key}={value} must be a finite number; fix the value')
+
+
+def _flat_items(config, prefix: str = ''):
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      yield from _flat_items(value, f'{prefix}{key}.')
+    else:
+      yield prefix + key, value
+
+
 def check_config(config, num_train: int | None = None) -> None:
   """Rejects impossible values with one line that names the key and the fix."""
   missing = [key for key in REQUIRED_KEYS if key not in config]
   if missing:
     raise UserError(f'the config lacks {", ".join(missing)}; add them to the config file (see '
                     'configs/pi_mnist.py)')
+  _check_finite(config)
   checks = [
       (config.norm in layers.NORMS, f'unknown norm {config.norm!r}; choose one of '
                                    f'{", ".join(layers.NORMS)}'),
@@ -56,12 +74,31 @@ def check_config(config, num_train: int | None = None) -> None:
       (config.checkpoint_keep >= 1, f'checkpoint_keep={config.checkpoint_keep} must be at least 1'),
       (config.log_every_seconds >= 0,
        f'log_every_seconds={config.log_every_seconds} must be >= 0'),
+      (config.weight_decay >= 0, f'weight_decay={config.weight_decay} must be >= 0'),
+      (config.grad_clip_norm >= 0,
+       f'grad_clip_norm={config.grad_clip_norm} must be >= 0 (0: no clipping)'),
+      (0 <= config.seed < 2**32, f'seed={config.seed} must be in [0, 2**32)'),
+      (0 <= config.data.permutation_seed < 2**32,
+       f'data.permutation_seed={config.data.permutation_seed} must be in [0, 2**32)'),
+      (config.model.num_classes == data_lib.NUM_CLASSES,
+       f'model.num_classes={config.model.num_classes} must be {data_lib.NUM_CLASSES}, the '
+       f'classes of {config.data.name}'),
+      (config.data.source != 'synthetic' or (config.data.synthetic_train_size > 0
+                                             and config.data.synthetic_test_size > 0),
+       f'data.synthetic_train_size={config.data.synthetic_train_size} and '
+       f'data.synthetic_test_size={config.data.synthetic_test_size} must be positive'),
+      (config.data.valid_size >= 0, f'data.valid_size={config.data.valid_size} must be >= 0'),
+      (config.get('bn_gamma_init', 1.0) > 0,
+       f'bn_gamma_init={config.get("bn_gamma_init")} must be positive'),
   ]
   sizes = config.model.get('hidden_sizes', ())
   checks.append((all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in sizes),
                  f'model.hidden_sizes={tuple(sizes)} must be positive integers, e.g. '
                  '--config.model.hidden_sizes=500,500'))
   if config.model.name == 'mlp':
+    checks.append((len(sizes) > 0, 'model.hidden_sizes=() is empty: the MLP would be one linear '
+                   'layer with nothing to normalize; give at least one layer, e.g. '
+                   '--config.model.hidden_sizes=1000,1000'))
     checks.append((config.model.activation in models.ACTIVATIONS,
                    f'unknown model.activation {config.model.activation!r}; choose one of '
                    f'{", ".join(models.ACTIVATIONS)}'))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ln_jax.training import checkpoint
+from ln_jax.training import lock
 from ln_jax.training import parallel
 from ln_jax.training import rundir
 from ln_jax.errors import UserError
@@ -108,28 +109,51 @@ def existing_run(workdir: str, config, fresh: bool) -> str:
   return COMPLETE if rundir.is_complete(workdir) else RESUME
 
 
-def prepare_workdir(workdir: str, config, fresh: bool) -> str:
-  """Checks `workdir` against `config` and only then changes it; returns `existing_run`'s status.
+def prepare_workdir(workdir: str, config, fresh: bool):
+  """Checks `workdir` against `config`, takes its lock and only then changes it.
 
-  In a multi-process run every process checks, and all get the same status or all stop: each
-  reads the workdir before process 0, alone, clears or writes it, and waits for it to finish.
+  Returns `existing_run`'s status and the `lock.FolderLock` to release when the run ends (not
+  taken for a finished run, which is only read, nor on the processes other than 0). In a
+  multi-process run every process checks, and all get the same status or all stop: each reads the
+  workdir before process 0, alone, locks, clears or writes it, and waits for it to finish.
   """
   with parallel.together('the workdir check'):
     status = existing_run(workdir, config, fresh)
   parallel.check_same((os.path.abspath(workdir), status),
                       f'the processes see different runs in --workdir {workdir}: a multi-process '
                       'run needs one --workdir, on a filesystem every process shares')
+  run_lock = lock.FolderLock(workdir, 'workdir', 'another process is training this run: wait '
+                             'for it to finish, stop it, or choose another --workdir')
   if status == COMPLETE:
-    return status
-  if parallel.is_primary():
-    if fresh and os.path.isdir(workdir):
-      clear_run(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if status == NEW:
-      rundir.write_json_atomic(os.path.join(workdir, rundir.CONFIG_FILE),
-                               rundir.describe_run(config))
+    return status, run_lock
+  with parallel.together('locking the workdir'):
+    if parallel.is_primary():
+      make_workdir(workdir)
+      run_lock.acquire()
+      try:
+        # Read again under the lock: the process that held it may have changed the run.
+        if existing_run(workdir, config, fresh) != status:
+          raise UserError(f'the run in {workdir} changed while this process started; run the '
+                          'same command again')
+        if fresh and os.path.isdir(workdir):
+          clear_run(workdir)
+        if status == NEW:
+          rundir.write_json_atomic(os.path.join(workdir, rundir.CONFIG_FILE),
+                                   rundir.describe_run(config))
+      except BaseException:
+        run_lock.release()
+        raise
   parallel.sync('prepare_workdir')
-  return status
+  return status, run_lock
+
+
+def make_workdir(workdir: str) -> None:
+  """Creates `workdir` (and its parents), or raises UserError saying why it cannot."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'cannot create workdir {workdir} ({e.strerror}); choose another '
+                    '--workdir') from None
 
 
 def read_summary(workdir: str) -> dict:
@@ -148,26 +172,47 @@ def clear_run(workdir: str) -> None:
 
 
 def keep_metrics_through(workdir: str, step: int) -> int:
-  """Rewrites metrics.jsonl (atomically) without the lines after `step`; returns how many went.
+  """Rewrites metrics.jsonl (atomically) keeping its whole lines up to `step`, in step order, and
+  stopping at the first damaged one; returns how many lines went.
 
   A line cut short by a crash is dropped too; it can only be the last one.
   """
-  path = os.path.join(workdir, rundir.METRICS_FILE)
-  if not os.path.exists(path):
-    return 0
-  with open(path) as f:
-    lines = f.read().splitlines(keepends=True)
-  kept = []
+  lines = rundir.metrics_lines(workdir)
+  kept, last = [], 0
   for line in lines:
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if line.endswith('\n') and record['step'] <= step:
-      kept.append(line)
+    record, _ = rundir.parse_metrics_line(line)
+    if record is None or not last < record['step'] <= step:
+      break
+    kept.append(line)
+    last = record['step']
   if len(kept) != len(lines):
-    rundir.write_text_atomic(path, ''.join(kept))
+    rundir.write_text_atomic(os.path.join(workdir, rundir.METRICS_FILE), ''.join(kept))
   return len(lines) - len(kept)
+
+
+def first_damage(workdir: str, eval_steps: list[int]) -> tuple[int, str] | None:
+  """The first metrics.jsonl line that is damaged, missing or out of place, as (the step whose
+  line it should be, a description naming the file and line), or None when all are sound.
+
+  `eval_steps` are the steps the run evaluates at, in order: line i belongs to step i.
+  """
+  for i, line in enumerate(rundir.metrics_lines(workdir)):
+    record, problem = rundir.parse_metrics_line(line)
+    expected = eval_steps[i] if i < len(eval_steps) else eval_steps[-1] + 1
+    if record is not None and record['step'] != expected:
+      problem = (f'it is the line of step {record["step"]} where the line of step {expected} '
+                 'belongs' if i < len(eval_steps) else 'the run has no more evaluations')
+    if problem:
+      return expected, rundir.describe_line(workdir, i + 1, line, problem)
+  return None
+
+
+def check_finished_metrics(workdir: str, eval_steps: list[int]) -> None:
+  """Raises UserError naming the first damaged metrics.jsonl line of a finished run."""
+  damage = first_damage(workdir, eval_steps)
+  if damage:
+    raise UserError(f'{damage[1]}; the run is finished, so resuming cannot write it again: '
+                    'repair the line, or pass --fresh to train the run again')
 
 
 def empty_window() -> dict:
@@ -200,15 +245,65 @@ class LoopState:
             'elapsed_s': np.array(elapsed_s, np.float64)}
 
 
-def restore(mngr, state):
-  """(state, LoopState) from the latest checkpoint in `mngr`, or from scratch when there is none."""
-  try:
-    saved = checkpoint.restore_latest(mngr, LoopState().payload(state, 0.0))
-  except Exception as e:  # orbax raises many types for a checkpoint that does not fit
-    raise UserError(f'cannot restore the checkpoint in {mngr.directory} ({type(e).__name__}: '
-                    f'{str(e)[:200]}); pass --fresh to start the run over') from None
-  if saved is None:
+def choose_checkpoint(mngr, workdir: str, eval_steps: list[int]) -> int | None:
+  """The step of the newest checkpoint in `mngr` that verifies against its checksums and comes
+  before the first damaged metrics.jsonl line; None to start from scratch (there is none).
+
+  Each checkpoint that fails verification gets one warning line; it and the checkpoints after the
+  one chosen are deleted (by process 0), since the steps after that one are trained again. A
+  damaged metrics line with a checkpoint after it makes the run go back to an older checkpoint and
+  write the line again, with one warning. Raises UserError when checkpoints exist but none
+  verifies, or none comes before the damaged line. Runs before the model is built, so that these
+  errors come at once.
+  """
+  folder = str(mngr.directory)
+  steps = sorted(mngr.all_steps(), reverse=True)
+  damage = first_damage(workdir, eval_steps)
+  before = damage[0] if damage else None
+  if damage and steps and steps[0] >= before:
+    if steps[-1] >= before:
+      raise UserError(f'{damage[1]}; it comes before checkpoint {steps[-1]}, so resuming cannot '
+                      f'write it again: repair the line, or delete {folder} to train the run '
+                      'again from step 0 (or pass --fresh)')
+    logging.warning('%s; resuming from a checkpoint before it to write it again', damage[1])
+  usable = [s for s in steps if before is None or s < before]
+  chosen = None
+  for step in usable:
+    problem = checkpoint.verify(folder, step)
+    if problem is None:
+      chosen = step
+      break
+    logging.warning('checkpoint %s fails verification (%s); falling back to an older one',
+                    os.path.join(folder, str(step)), problem)
+  if chosen is None and usable:
+    raise UserError(f'no checkpoint in {folder} verifies (steps {", ".join(map(str, usable))}; '
+                    'see the warnings above); delete the folder to train the run again from '
+                    'step 0, or pass --fresh')
+  if parallel.is_primary():
+    with checkpoint.quiet():
+      for step in steps:
+        if chosen is None or step > chosen:
+          mngr.delete(step)
+  parallel.sync('choose_checkpoint: dropped checkpoints')
+  return chosen
+
+
+def restore(mngr, chosen: int | None, state):
+  """(state, LoopState) from checkpoint `chosen` (see `choose_checkpoint`), or from scratch."""
+  if chosen is None:
     return state, LoopState()
+  folder = str(mngr.directory)
+  try:
+    saved = checkpoint.restore(mngr, chosen, LoopState().payload(state, 0.0))
+  except Exception as e:  # orbax raises many types for a checkpoint that does not fit
+    raise UserError(f'cannot restore the checkpoint {os.path.join(folder, str(chosen))} '
+                    f'({type(e).__name__}: {str(e)[:200]}); pass --fresh to start the run '
+                    'over') from None
+  facts = checkpoint.read_manifest(os.path.join(folder, str(chosen)))
+  if (int(saved['step']) != chosen
+      or facts.get('window_loss') != float(jax.device_get(saved['window']['loss']))):
+    raise UserError(f'checkpoint {os.path.join(folder, str(chosen))} restored other values than '
+                    'were saved; pass --fresh to start the run over')
   state = state.replace(step=saved['step'], params=saved['params'],
                         opt_state=saved['opt_state'], batch_stats=saved['batch_stats'])
   return state, LoopState(saved['window'], saved['window_steps'], saved['elapsed_s'],

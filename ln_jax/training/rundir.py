@@ -13,6 +13,8 @@ from importlib import metadata
 
 import jax
 
+from ln_jax.errors import UserError
+
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'summary.json'  # written last: its presence means the run finished
@@ -133,12 +135,64 @@ class NoMetricsWriter:
     pass
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def parse_metrics_line(line: str) -> tuple[dict | None, str]:
+  """(the record, '') for a whole metrics.jsonl line, else (None, what is wrong with it)."""
+  if not line.endswith('\n'):
+    return None, 'it is cut short'
+  try:
+    record = json.loads(line)
+  except ValueError as e:
+    return None, f'it is not JSON: {e}'
+  if not isinstance(record, dict) or type(record.get('step')) is not int:
+    return None, 'it has no integer "step"'
+  return record, ''
+
+
+def metrics_lines(workdir: str) -> list[str]:
+  """The lines of metrics.jsonl, with their line ends ([] when there is none)."""
   path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  try:
+    with open(path, errors='replace') as f:
+      return f.read().splitlines(keepends=True)
+  except FileNotFoundError:
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  except OSError as e:
+    raise UserError(f'cannot read {path} ({e.strerror}); fix its permissions') from None
+
+
+def describe_line(workdir: str, number: int, line: str, problem: str) -> str:
+  """'<workdir>/metrics.jsonl line 3 is damaged (...): '<start of it>''."""
+  shown = line.rstrip('\n')
+  shown = shown[:60] + ('...' if len(shown) > 60 else '')
+  return f'{os.path.join(workdir, METRICS_FILE)} line {number} is damaged ({problem}): {shown!r}'
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """metrics.jsonl's records; a damaged line raises UserError naming it and the fix."""
+  records = []
+  for number, line in enumerate(metrics_lines(workdir), 1):
+    if not line.strip():
+      continue
+    record, problem = parse_metrics_line(line)
+    if record is None:
+      raise UserError(describe_line(workdir, number, line, problem) + '; repair or delete that '
+                      'line (running the same training command again rewrites the lines after '
+                      'the checkpoint of an unfinished run)')
+    records.append(record)
+  return records
+
+
+def read_config(workdir: str) -> dict:
+  """config.json's content; an unreadable one raises UserError naming the file and the fix."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  try:
+    with open(path) as f:
+      described = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f'cannot read {path} ({e}); restore it, or delete the run') from None
+  if not isinstance(described, dict) or not isinstance(described.get('config'), dict):
+    raise UserError(f'{path} holds no "config" object; restore it, or delete the run')
+  return described
 
 
 def is_complete(workdir: str) -> bool:

@@ -14,6 +14,7 @@ time all come back, so the resumed run writes the same metrics.jsonl as an unint
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -187,6 +188,11 @@ class Schedule:
   def is_eval_step(self, step: int) -> bool:
     return step % self.eval_every == 0 or step == self.total_steps
 
+  def eval_steps(self) -> list[int]:
+    """The steps the run evaluates at (and writes a metrics.jsonl line for), in order."""
+    steps = list(range(self.eval_every, self.total_steps + 1, self.eval_every))
+    return steps + [self.total_steps] if steps[-1:] != [self.total_steps] else steps
+
   def is_checkpoint_step(self, start: int, step: int) -> bool:
     """Whether the chunk from `start` to `step` crossed a checkpoint point or ended the run.
 
@@ -249,10 +255,28 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
     config_checks.check_config(config, num_train=len(splits['train']))
   mesh = parallel.make_mesh(config.get('num_devices', 0))
   parallel.check_divisible(config.batch_size, mesh)
-  if resume.prepare_workdir(workdir, config, fresh) == resume.COMPLETE:
+  status, run_lock = resume.prepare_workdir(workdir, config, fresh)
+  try:
+    return _train(config, workdir, splits, mesh, status)
+  except OSError as e:
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+      raise
+    raise checkpoint.DiskFull(f'the disk holding {workdir} is full ({e.strerror}: '
+                              f'{e.filename or "a run file"}); free space there and run the '
+                              'same command again to resume') from None
+  finally:
+    run_lock.release()
+
+
+def _train(config, workdir: str, splits: dict, mesh, status: str) -> dict:
+  """train_and_evaluate once the workdir is checked, prepared and locked."""
+  schedule = Schedule(config, len(splits['train']))
+  if status == resume.COMPLETE:
+    resume.check_finished_metrics(workdir, schedule.eval_steps())
     logging.info('%s holds this run, finished; nothing to do (--fresh runs it again)', workdir)
     return resume.read_summary(workdir)['final']
-  schedule = Schedule(config, len(splits['train']))
+  ckpt = checkpoint.manager(workdir, config.checkpoint_keep)
+  start_step = resume.choose_checkpoint(ckpt, workdir, schedule.eval_steps())
 
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
   model = models.create_model(config)
@@ -267,8 +291,7 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
                schedule.total_steps, schedule.steps_per_epoch, schedule.eval_every)
   logging.info('data parallel over %d device(s): %s', mesh.size, mesh.devices.tolist())
 
-  ckpt = checkpoint.manager(workdir, config.checkpoint_keep)
-  state, loop = resume.restore(ckpt, state)
+  state, loop = resume.restore(ckpt, start_step, state)
   # Placed as train_steps returns it, so its second call reuses the first one's program.
   loop.window = parallel.replicate(loop.window, mesh)
   step = int(state.step)
@@ -280,7 +303,9 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
 
   def save():
     _check_finite(config, loop, ckpt, workdir)
-    checkpoint.save(ckpt, step, loop.payload(state, loop.elapsed_s + progress.elapsed()))
+    checkpoint.save(ckpt, step, loop.payload(state, loop.elapsed_s + progress.elapsed()),
+                    keep=config.checkpoint_keep,
+                    facts={'window_loss': float(jax.device_get(loop.window['loss']))})
 
   # BN's population statistics for evaluation, when asked for (the state is not changed).
   evaluation_state = population.evaluator(config, train_images, preprocess=preprocess, mesh=mesh)
