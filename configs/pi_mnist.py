@@ -66,7 +66,9 @@ def get_config(arg=None):
   config.fuse_weight_grad = True            # batch <= 8: weight gradients fused into the
                                             # optimizer (ln_jax/layers/dense.py); False: one matmul
 
-  config.eval_every_epochs = 1.0            # fractions allowed: 0.1 evaluates 10x per epoch
+  config.num_evals = 20                     # evaluations per run, evenly spaced in steps
+  config.eval_every_epochs = ml_collections.config_dict.placeholder(float)  # set: overrides
+                                            # num_evals; fractions allowed (0.1: 10x per epoch)
   config.eval_batch_size = 1000
   config.steps_per_call = 100               # optimizer steps fused into one compiled call
   config.num_devices = 0                    # data parallel over this many devices (0: all);

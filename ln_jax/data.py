@@ -146,7 +146,23 @@ def synthetic(seed: int, train_size: int, test_size: int):
 
 
 def default_data_dir() -> str:
-  return os.environ.get(DATA_DIR_ENV, '')
+  return absolute_dir(os.environ.get(DATA_DIR_ENV, ''))
+
+
+def absolute_dir(path: str) -> str:
+  """`data.dir` as the absolute, symlink-free path config.json stores: the same folder named from
+  another working directory (or through LN_JAX_DATA_DIR) is the same config; '' stays ''."""
+  return os.path.realpath(os.path.expanduser(path)) if path else path
+
+
+def with_absolute_dir(config):
+  """`config` with an absolute `data.dir` (a copy when it changes; see `absolute_dir`)."""
+  absolute = absolute_dir(config.data.get('dir', ''))
+  if absolute == config.data.get('dir', ''):
+    return config
+  config = config.copy_and_resolve_references()
+  config.data.dir = absolute
+  return config
 
 
 def default_source() -> str:

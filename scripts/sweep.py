@@ -7,6 +7,9 @@ members and re-runs unfinished ones.
 
 `--config.key=value` flags apply to every member. `--parallel=N` runs N members at once,
 `--shard=i/n` only every n-th member from the i-th (one machine of n writing to shared storage).
+`--launcher=slurm` submits one SLURM array task per unfinished member (`--slurm_partition`,
+`--slurm_time`, `--slurm_gpus_per_task`, `--slurm_array_parallelism`) and waits for them;
+`--launcher=local` runs the same jobs through submitit on this machine, `--parallel` at a time.
 """
 
 import os
@@ -27,6 +30,16 @@ _SHARD = flags.DEFINE_string('shard', '0/1', 'i/n: run only members i, i+n, i+2n
 _ONLY = flags.DEFINE_list('only', None, 'Run only these members (names as in sweep.json).')
 _VMAP_SEEDS = flags.DEFINE_bool('vmap_seeds', None, 'Train members that differ only in seed as '
                                 'one vmapped program (default: per backend, as measured).')
+_LAUNCHER = flags.DEFINE_enum('launcher', 'inprocess', ['inprocess', 'local', 'slurm'],
+                              'inprocess: this process (or --parallel subprocesses); local: '
+                              "submitit's local executor; slurm: one SLURM array task per member.")
+_SLURM_PARTITION = flags.DEFINE_string('slurm_partition', None, 'SLURM partition (default: the '
+                                       "cluster's).")
+_SLURM_TIME = flags.DEFINE_string('slurm_time', '24:00:00', 'SLURM time limit per member '
+                                  '(minutes, H:MM:SS or D-HH:MM:SS).')
+_SLURM_GPUS = flags.DEFINE_integer('slurm_gpus_per_task', 1, 'GPUs per SLURM task (0: none).')
+_SLURM_ARRAY_PARALLELISM = flags.DEFINE_integer('slurm_array_parallelism', None, 'SLURM array '
+                                                'tasks running at once (default: all).')
 flags.mark_flags_as_required(['experiment', 'workdir'])
 
 
@@ -46,10 +59,12 @@ def main(argv):
   common = sweep.parse_common_overrides([a for a in argv[1:] if a.startswith('--config.')])
   shard = sweep.parse_shard(_SHARD.value)
   experiment = sweep.load_experiment(_EXPERIMENT.value)
-  from ln_jax.training import resume
-  resume.check_workdir(_WORKDIR.value)  # run_sweep creates it once every value is checked
+  slurm = {'slurm_partition': _SLURM_PARTITION.value, 'slurm_time': _SLURM_TIME.value,
+           'slurm_gpus_per_task': _SLURM_GPUS.value or None,
+           'slurm_array_parallelism': _SLURM_ARRAY_PARALLELISM.value}
   sweep_runner.run_sweep(experiment, _WORKDIR.value, common, parallel=_PARALLEL.value,
-                         shard=shard, only=_ONLY.value, vmap_seeds=_VMAP_SEEDS.value)
+                         shard=shard, only=_ONLY.value, vmap_seeds=_VMAP_SEEDS.value,
+                         launcher=_LAUNCHER.value, slurm=slurm)
 
 
 if __name__ == '__main__':

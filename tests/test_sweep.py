@@ -169,3 +169,59 @@ def test_vmapped_seeds_match_separate_runs(batch_sweep, tmp_path):
   assert rundir.read_metrics(together[0])[-1]['train_loss'] != \
       rundir.read_metrics(together[1])[-1]['train_loss']
   assert os.path.isdir(os.path.join(together[1], 'checkpoints'))
+
+
+def test_eta_comes_from_steps_and_the_rate_of_each_batch_size():
+  steps = {'bs128_a': 780, 'bs128_b': 780, 'bs4_a': 25000, 'bs4_b': 25000}
+  units = {name: [sweep.Member(name, {})] for name in steps}
+  progress = sweep_runner.SweepProgress(
+      4, 0, 1, lambda unit: (unit[0].name.split('_')[0], steps[unit[0].name]))
+  progress.finished(units['bs128_a'], 1, 10.0)  # 78 steps/s
+  # Not measured at batch 4 yet: 10 s per 780 steps for every step left.
+  assert progress.line([], [units['bs4_a']]).endswith('ETA ~0:05:20')
+  progress.finished(units['bs4_a'], 1, 150.0)   # 167 steps/s
+  line = progress.line([(units['bs4_b'], 50.0)], [units['bs128_b']])
+  assert line.startswith('sweep: 2/4 done, 1 running, 1 left')
+  assert line.endswith('ETA ~0:01:50')  # 150 - 50 s of batch 4 and 10 s of batch 128
+
+
+def test_a_failure_every_member_shares_stops_the_sweep_before_anything_is_created(
+    experiment_file, tmp_path):
+  workdir = tmp_path / 'sweep'
+  result = _run_script(f'--experiment={experiment_file}', f'--workdir={workdir}',
+                       '--config.data.source=idx', f'--config.data.dir={tmp_path / "none"}')
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if 'not a directory' in line]
+  assert len(errors) == 1 and errors[0].startswith('error: ')
+  assert result.stderr.strip().splitlines()[-1] == errors[0]
+  assert not workdir.exists()
+  result = _run_script(f'--experiment={experiment_file}', f'--workdir={workdir}',
+                       '--config.batch_size=1000')  # more than the 500 training images
+  assert result.returncode == 2 and 'batch_size' in result.stderr.strip().splitlines()[-1]
+  assert not workdir.exists()
+
+
+def test_a_sweep_folder_accepts_other_flags_that_resolve_to_the_same_configs(
+    tmp_path, monkeypatch):
+  data_dir = tmp_path / 'mnist'
+  data_dir.mkdir()
+  (tmp_path / 'experiment.py').write_text(
+      "BASE_CONFIG = 'configs/pi_mnist.py'\n"
+      "def members(arg=None):\n  return [{'seed': 0}, {'seed': 1}]\n")
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('LN_JAX_DATA_DIR', 'mnist')  # relative: stored as an absolute path
+
+  def configs(common):
+    experiment = sweep.load_experiment(str(tmp_path / 'experiment.py'))
+    base = sweep.load_base_config(experiment.base_config)
+    return experiment, {m.name: sweep.member_config(base, m, common) for m in experiment.members}
+
+  experiment, from_env = configs({})
+  assert from_env['seed-0'].data.dir == str(data_dir.resolve())
+  sweep.write_sweep_file(str(tmp_path), experiment, {}, from_env)
+  monkeypatch.delenv('LN_JAX_DATA_DIR')
+  _, from_flags = configs({'data.source': 'idx', 'data.dir': './mnist/'})
+  sweep.check_sweep_file(str(tmp_path), from_flags, {'data.source': 'idx'})
+  _, elsewhere = configs({'data.source': 'idx', 'data.dir': str(tmp_path)})
+  with pytest.raises(UserError, match='member seed-0 has another config.*data.dir'):
+    sweep.check_sweep_file(str(tmp_path), elsewhere, {})

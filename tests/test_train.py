@@ -47,19 +47,6 @@ def test_run_directory_describes_itself(tmp_path, tiny_config):
   assert rundir.is_complete(str(tmp_path))
 
 
-def test_tensorboard_reads_the_event_files(tmp_path, tiny_config):
-  event_accumulator = pytest.importorskip(
-      'tensorboard.backend.event_processing.event_accumulator')
-  train.train_and_evaluate(tiny_config, str(tmp_path))
-  accumulator = event_accumulator.EventAccumulator(str(tmp_path))
-  accumulator.Reload()
-  events = accumulator.Scalars('test_error')
-  records = rundir.read_metrics(str(tmp_path))
-  assert [e.step for e in events] == [r['step'] for r in records]
-  np.testing.assert_allclose([e.value for e in events], [r['test_error'] for r in records],
-                             rtol=1e-6)
-
-
 def test_final_checkpoint_restores_the_trained_state(tmp_path, tiny_config):
   tiny_config.norm = 'batch'
   final = train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -130,3 +117,36 @@ def test_non_finite_loss_stops_the_run(tmp_path, tiny_config):
   tiny_config.optimizer = 'sgd'
   with pytest.raises(train.TrainingDiverged, match='non-finite'):
     train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_schedule_evaluates_a_fixed_number_of_times_unless_eval_every_epochs_is_set(
+    tiny_config):
+  from conftest import load_config
+  tiny_config.batch_size, tiny_config.num_epochs, tiny_config.steps_per_call = 4, 1.5, 50
+  tiny_config.eval_every_epochs, tiny_config.num_evals = None, 4
+  schedule = train.Schedule(tiny_config, num_train=400)
+  assert [s for s in range(1, 151) if schedule.is_eval_step(s)] == [38, 76, 114, 150]
+  tiny_config.batch_size = 128  # the same number of evaluations at any batch size
+  schedule = train.Schedule(tiny_config, num_train=12800)
+  assert sum(schedule.is_eval_step(s) for s in range(1, schedule.total_steps + 1)) == 4
+  assert load_config('configs/pi_mnist.py').eval_every_epochs is None
+
+
+def test_progress_waits_for_each_call_and_logs_at_the_configured_cadence(monkeypatch):
+  from ln_jax.training import progress as progress_lib
+  now, lines, waited = [0.0], [], []
+  monkeypatch.setattr(progress_lib, 'time', type('Clock', (), {'time': lambda: now[0]}))
+  monkeypatch.setattr(progress_lib.logging, 'log', lambda level, fmt, *args: lines.append(args))
+
+  class DeviceValue:
+    def block_until_ready(self):
+      waited.append(now[0])
+      return self
+
+  progress = progress_lib.Progress(total_steps=100, batch_size=4, every_s=10.0)
+  for step in range(4, 101, 4):  # a call of 4 steps every 3 s
+    now[0] += 3.0
+    progress.update(step, DeviceValue())
+  assert len(waited) == 25  # every call, not only those that log
+  assert [args[0] for args in lines] == [16, 32, 48, 64, 80, 96, 100]
+  assert lines[0][3] == pytest.approx(16 / 12)  # steps/s over the interval

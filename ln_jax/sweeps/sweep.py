@@ -26,6 +26,7 @@ import traceback
 import ml_collections
 
 from ln_jax import configlib
+from ln_jax import data as data_lib
 from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
@@ -167,7 +168,7 @@ def member_config(base: ml_collections.ConfigDict, member: Member,
   set_values(config, member.overrides, f'member {member.name}')
   for key, text in common.items():
     configlib.override(config, key, text)
-  return config
+  return data_lib.with_absolute_dir(config)
 
 
 def parse_common_overrides(args: list[str]) -> dict[str, str]:
@@ -212,22 +213,45 @@ def seed_groups(members) -> list[list[Member]]:
   return list(groups.values())
 
 
-def write_sweep_file(workdir: str, experiment: Experiment, common: dict[str, str]) -> None:
-  """Writes DIR/sweep.json; refuses a DIR that holds a sweep with other command-line overrides,
-  whose runs a compare would otherwise mix with these."""
+def _stored(config) -> dict:
+  return json.loads(json.dumps(config.to_dict()))  # the form sweep.json and config.json store
+
+
+def check_sweep_file(workdir: str, configs: dict, common: dict[str, str]) -> None:
+  """Refuses a DIR that holds a sweep whose members resolve to other configs than `configs`
+  (member name -> config), whose runs a compare would otherwise mix with these. The resolved
+  configs are compared, not the flags: `LN_JAX_DATA_DIR` and `--config.data.dir` naming the same
+  folder are the same sweep. Reads only."""
+  from ln_jax.training import resume  # pylint: disable=g-import-not-at-top  (imports JAX)
   path = os.path.join(workdir, SWEEP_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  fix = f'use another --workdir (or delete {path} to mix the two)'
+  if 'configs' not in previous:  # written before sweep.json held the resolved configs
     if previous.get('common_overrides') != common:
       raise UserError(f'{workdir} holds a sweep run with --config overrides '
-                      f'{previous.get("common_overrides")}, not {common}; use another --workdir '
-                      f'(or delete {path} to mix the two)')
-  rundir.write_json_atomic(path, {
+                      f'{previous.get("common_overrides")}, not {common}; {fix}')
+    return
+  for name, saved in previous['configs'].items():
+    if name in configs:
+      differences = resume.config_differences(saved, configs[name])
+      if differences:
+        shown = '; '.join(differences[:3]) + ('; ...' if len(differences) > 3 else '')
+        raise UserError(f'{workdir} holds a sweep whose member {name} has another config '
+                        f'({shown}); {fix}')
+
+
+def write_sweep_file(workdir: str, experiment: Experiment, common: dict[str, str],
+                     configs: dict) -> None:
+  """Writes DIR/sweep.json: the experiment, its members and their resolved configs."""
+  rundir.write_json_atomic(os.path.join(workdir, SWEEP_FILE), {
       'experiment': experiment.spec,
       'base_config': experiment.base_config,
       'common_overrides': common,
       'metrics': list(experiment.metrics),
       'group_by': list(experiment.group_by),
       'members': [{'name': m.name, 'overrides': m.overrides} for m in experiment.members],
+      'configs': {name: _stored(config) for name, config in configs.items()},
   })

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import json
 import os
 import signal
 import subprocess
@@ -13,10 +14,12 @@ import time
 
 from absl import logging
 
+from ln_jax import cli
 from ln_jax.training import config_checks
 from ln_jax.training import lock
 from ln_jax.training import resume
 from ln_jax.training import rundir
+from ln_jax.sweeps import launchers
 from ln_jax.sweeps import sweep
 from ln_jax.errors import UserError
 
@@ -37,36 +40,63 @@ def _duration(seconds: float) -> str:
 
 
 class SweepProgress:
-  """Members done / running / left, and an ETA from the units finished so far."""
+  """Members done / running / left, and an ETA from the steps left.
 
-  def __init__(self, total: int, done: int, parallel: int):
+  A unit's time is its steps over the steps/s measured on the finished units of the same batch
+  size (and number of vmapped seeds); units of a batch size not measured yet get the mean time per
+  step of all finished units. Members of batch 4 hold 32x the steps of batch 128 ones, so a mean
+  per member would be far off.
+  """
+
+  def __init__(self, total: int, done: int, parallel: int, unit_steps=None):
+    """`unit_steps(unit) -> (kind, steps)`: what a unit's speed depends on, and its steps."""
     self.total, self.done, self.failed, self.parallel = total, done, 0, parallel
     self._start = time.time()
-    self._unit_seconds = []
+    self._unit_steps = unit_steps or (lambda unit: (None, 1))
+    self._measured = {}  # kind -> [steps, seconds] of the finished units
 
-  def finished(self, num_members: int, ok: int, seconds: float) -> None:
+  def finished(self, unit, ok: int, seconds: float) -> None:
     self.done += ok
-    self.failed += num_members - ok
-    self._unit_seconds.append(seconds)
+    self.failed += len(unit) - ok
+    kind, steps = self._unit_steps(unit)
+    totals = self._measured.setdefault(kind, [0, 0.0])
+    totals[0] += steps
+    totals[1] += seconds
 
-  def line(self, running_members: int, units_left: int, running_seconds=()) -> str:
-    """`running_seconds`: how long each running unit has been going."""
+  def unit_seconds(self, unit) -> float | None:
+    """The expected time of `unit`, or None before any unit finished."""
+    if not self._measured:
+      return None
+    kind, steps = self._unit_steps(unit)
+    measured = self._measured.get(kind)
+    if measured is None:  # a batch size not measured yet: the mean time per step so far
+      measured = [sum(v[0] for v in self._measured.values()),
+                  sum(v[1] for v in self._measured.values())]
+    return steps * measured[1] / max(measured[0], 1)
+
+  def line(self, running=(), pending=()) -> str:
+    """`running`: (unit, seconds it has been going) pairs; `pending`: the units not started."""
+    running_members = sum(len(unit) for unit, _ in running)
     left = self.total - self.done - self.failed - running_members
     text = (f'sweep: {self.done}/{self.total} done, {running_members} running, {left} left'
             + (f', {self.failed} failed' if self.failed else '')
             + f' | elapsed {_duration(time.time() - self._start)}')
-    if self._unit_seconds and (units_left or running_seconds):
-      mean = sum(self._unit_seconds) / len(self._unit_seconds)
-      work = mean * units_left + sum(max(mean - s, 0.0) for s in running_seconds)
-      text += f' | ETA ~{_duration(work / self.parallel)}'
+    if self._measured and (running or pending):
+      work = sum(self.unit_seconds(u) for u in pending) + sum(
+          max(self.unit_seconds(u) - s, 0.0) for u, s in running)
+      text += f' | ETA ~{_duration(work / min(self.parallel, len(running) + len(pending)))}'
     return text
 
 
 def child_command(experiment: sweep.Experiment, workdir: str, unit, common: dict[str, str],
                   vmap_seeds: bool) -> list[str]:
-  """The scripts/sweep.py command line that runs one unit of this sweep in its own process."""
+  """The scripts/sweep.py command line that runs one unit of this sweep in its own process
+  (paths made absolute, so it runs the same from any working directory)."""
+  path, _, arg = experiment.spec.partition(':')
+  spec = os.path.abspath(path) + (f':{arg}' if arg else '') if os.path.isfile(path) else (
+      experiment.spec)
   return [sys.executable, os.path.join(sweep.REPO_ROOT, 'scripts', 'sweep.py'),
-          f'--experiment={experiment.spec}', f'--workdir={workdir}',
+          f'--experiment={spec}', f'--workdir={os.path.abspath(workdir)}',
           f'--only={",".join(m.name for m in unit)}',
           '--vmap_seeds' if vmap_seeds else '--novmap_seeds',
           *[f'--config.{k}={v}' for k, v in common.items()]]
@@ -100,25 +130,51 @@ def _unit_name(unit) -> str:
 def _train_unit(unit, configs, workdir: str) -> None:
   from ln_jax.training import train  # heavy imports only when training
   dirs = [os.path.join(workdir, m.name) for m in unit]
-  for d in dirs:
-    resume.make_workdir(d)
   if len(unit) == 1:
-    train.train_and_evaluate(configs[unit[0].name], dirs[0])
+    train.train_and_evaluate(configs[unit[0].name], dirs[0])  # creates its folder once checked
   else:
     from ln_jax.sweeps import vmap_seeds
+    for d in dirs:
+      resume.make_workdir(d)
     vmap_seeds.train_seeds([configs[m.name] for m in unit], dirs)
+
+
+def check_shared_inputs(configs: dict) -> dict[str, int]:
+  """Loads each distinct data config once and checks every member's config against its data, so
+  that a failure all members share (data missing offline, an impossible value) stops the sweep
+  before the first member starts, with one line. Returns each member's number of steps."""
+  from ln_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from ln_jax.training import train  # pylint: disable=g-import-not-at-top
+  num_train, steps = {}, {}
+  for name, config in configs.items():
+    key = json.dumps(config.data.to_dict(), sort_keys=True, default=repr)
+    if config.data.source == 'synthetic':  # the only source whose data depends on the seed
+      key += f' seed {config.seed}'
+    if key not in num_train:
+      num_train[key] = len(data_lib.load_splits(config.data, config.seed)['train'])
+    try:
+      config_checks.check_config(config, num_train=num_train[key])
+    except UserError as e:
+      raise UserError(f'member {name}: {e}') from None
+    steps[name] = train.Schedule(config, num_train[key]).total_steps
+  return steps
 
 
 def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str], *,
               parallel: int = 1, shard: tuple[int, int] = (0, 1), only: list[str] | None = None,
-              vmap_seeds: bool | None = False, log_every_s: float = 60.0) -> None:
+              vmap_seeds: bool | None = False, log_every_s: float = 60.0,
+              launcher: str = 'inprocess', slurm: dict | None = None) -> None:
   """Trains the members this process owns that have not finished; skips the finished ones.
 
-  `vmap_seeds=None` follows the backend's measured default. Raises UserError naming the members
-  that failed, after the others have run.
+  `launcher`: 'inprocess' (here, or `parallel` subprocesses), 'local' or 'slurm' (submitit jobs,
+  see `launchers`; `slurm` holds their options). `vmap_seeds=None` follows the backend's
+  measured default. Every check that all members share runs before anything is created. Raises
+  UserError naming the members that failed, after the others have run.
   """
   if parallel < 1:
     raise UserError(f'--parallel={parallel} must be at least 1')
+  launchers.check_launcher(launcher)
+  resume.check_workdir(workdir)
   base = sweep.load_base_config(experiment.base_config)
   configs = {m.name: sweep.member_config(base, m, common) for m in experiment.members}
   import jax  # pylint: disable=g-import-not-at-top  (after the cheap checks: a typo fails fast)
@@ -129,10 +185,13 @@ def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str]
       config_checks.check_config(config)
     except UserError as e:
       raise UserError(f'member {name}: {e}') from None
+  sweep.check_sweep_file(workdir, configs, common)
   chosen = sweep.select(experiment.members, shard, only)
+  steps = check_shared_inputs({m.name: configs[m.name] for m in chosen
+                               if not rundir.is_complete(os.path.join(workdir, m.name))})
   # Everything is checked: only now the folder is made. Its lock keeps a second run of the same
   # sweep (or shard) out; --only runs (the --parallel children) rely on the members' own locks.
-  resume.make_workdir(workdir)
+  cli.prepare_workdir(workdir)
   if only:
     sweep_lock = lock.FolderLock(workdir)
   else:
@@ -141,50 +200,65 @@ def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str]
                                  'wait for it to finish, stop it, or choose another --workdir',
                                  name=name).acquire()
   try:
-    sweep.write_sweep_file(workdir, experiment, common)
-    _train_members(experiment, workdir, common, chosen, configs, parallel, vmap_seeds,
-                   log_every_s)
+    sweep.write_sweep_file(workdir, experiment, common, configs)
+    _train_members(experiment, workdir, common, chosen, configs, steps, parallel, vmap_seeds,
+                   log_every_s, launcher, slurm)
   finally:
     sweep_lock.release()
 
 
-def _train_members(experiment, workdir, common, chosen, configs, parallel, vmap_seeds,
-                   log_every_s) -> None:
+def _train_members(experiment, workdir, common, chosen, configs, steps, parallel, vmap_seeds,
+                   log_every_s, launcher, slurm) -> None:
   todo = [m for m in chosen if not rundir.is_complete(os.path.join(workdir, m.name))]
   units = sweep.seed_groups(todo) if vmap_seeds else [[m] for m in todo]
-  progress = SweepProgress(len(chosen), len(chosen) - len(todo), parallel)
+  unit_steps = lambda unit: ((configs[unit[0].name].batch_size, len(unit)), steps[unit[0].name])
+  at_once = parallel if launcher != 'slurm' else (
+      (slurm or {}).get('slurm_array_parallelism') or max(len(units), 1))
+  progress = SweepProgress(len(chosen), len(chosen) - len(todo), at_once, unit_steps)
   logging.info('%s: %d members here (%d finished already), %d to train as %d %s',
                experiment.spec, len(chosen), len(chosen) - len(todo), len(todo), len(units),
                'vmapped groups' if vmap_seeds else 'runs')
-  if parallel == 1:
-    failed = _run_here(units, configs, workdir, progress)
+  causes = []
+  if launcher != 'inprocess':
+    commands = [(unit, child_command(experiment, workdir, unit, common, vmap_seeds))
+                for unit in units]
+    failed = launchers.run_jobs(launcher, commands, workdir, progress, parallel=parallel,
+                                slurm=slurm or {}, log_every_s=log_every_s)
+    where = f'the job logs in {launchers.job_folder(workdir)}'
+  elif parallel == 1:
+    failed = _run_here(units, configs, workdir, progress, causes)
+    where = 'the log above'
   else:
     failed = _run_children(experiment, units, workdir, common, vmap_seeds, parallel, progress,
                            log_every_s)
-  logging.info(progress.line(0, 0))
+    where = f'the logs in {os.path.join(workdir, "logs")}'
+  logging.info(progress.line())
   if failed:
-    raise UserError(f'{len(failed)} of {len(chosen)} members failed ({", ".join(failed)}); '
-                    'see the log above or in the logs/ folder, fix the cause and run the same '
-                    'command again to retry them')
+    cause = f': {causes[0]}' if causes and len(set(causes)) == 1 else f'; see {where}'
+    raise UserError(f'{len(failed)} of {len(chosen)} members failed ({", ".join(failed)})'
+                    f'{cause}; fix the cause and run the same command again to retry them')
 
 
 def _finished_ok(unit, workdir: str) -> list[str]:
   return [m.name for m in unit if rundir.is_complete(os.path.join(workdir, m.name))]
 
 
-def _run_here(units, configs, workdir: str, progress: SweepProgress) -> list[str]:
+def _run_here(units, configs, workdir: str, progress: SweepProgress,
+              causes: list[str]) -> list[str]:
+  """Trains the units one after another; appends each failure's message to `causes`."""
   failed = []
   for i, unit in enumerate(units):
-    logging.info('%s | starting %s', progress.line(len(unit), len(units) - i - 1, [0.0]),
+    logging.info('%s | starting %s', progress.line([(unit, 0.0)], units[i + 1:]),
                  _unit_name(unit))
     start = time.time()
     try:
       _train_unit(unit, configs, workdir)
     except UserError as e:
       logging.error('%s failed: %s', _unit_name(unit), e)
+      causes.append(str(e))
     ok = _finished_ok(unit, workdir)
     failed += [m.name for m in unit if m.name not in ok]
-    progress.finished(len(unit), len(ok), time.time() - start)
+    progress.finished(unit, len(ok), time.time() - start)
   return failed
 
 
@@ -204,7 +278,7 @@ def _run_children(experiment, units, workdir, common, vmap_seeds, parallel, prog
           process = subprocess.Popen(
               child_command(experiment, workdir, unit, common, vmap_seeds),
               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-              env=_child_env(parallel), cwd=sweep.REPO_ROOT,
+              env=_child_env(parallel), cwd=os.getcwd(),
               preexec_fn=_die_with_parent(os.getpid()))
         running[process] = (unit, time.time(), log_path)
         logging.info('started %s (pid %d, log: %s)', _unit_name(unit), process.pid, log_path)
@@ -212,15 +286,15 @@ def _run_children(experiment, units, workdir, common, vmap_seeds, parallel, prog
         unit, start, log_path = running.pop(process)
         ok = _finished_ok(unit, workdir)
         failed += [m.name for m in unit if m.name not in ok]
-        progress.finished(len(unit), len(ok), time.time() - start)
+        progress.finished(unit, len(ok), time.time() - start)
         if len(ok) < len(unit):
           logging.error('%s failed (exit status %d): %s', _unit_name(unit), process.returncode,
                         _last_line(log_path))
         last_log = 0.0  # report every change at once
       if (pending or running) and time.time() - last_log >= log_every_s:
         now = time.time()
-        logging.info(progress.line(sum(len(u) for u, _, _ in running.values()), len(pending),
-                                   [now - start for _, start, _ in running.values()]))
+        logging.info(progress.line([(u, now - start) for u, start, _ in running.values()],
+                                   pending))
         last_log = time.time()
       time.sleep(0.2)
   finally:

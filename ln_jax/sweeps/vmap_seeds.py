@@ -119,7 +119,7 @@ def train_seeds(configs, workdirs: list[str]) -> list[dict]:
       os.remove(os.path.join(workdir, rundir.METRICS_FILE))
     shutil.rmtree(os.path.join(workdir, checkpoint.CHECKPOINT_DIR), ignore_errors=True)
     rundir.write_json_atomic(os.path.join(workdir, rundir.CONFIG_FILE), rundir.describe_run(c))
-    writers.append(rundir.MetricsWriter(workdir))
+    writers.append(rundir.MetricsWriter(workdir, c))
 
   seed_keys = [jax.random.split(jax.random.PRNGKey(c.seed)) for c in configs]  # (init, data)
   data_keys = [data_key for _, data_key in seed_keys]
@@ -181,6 +181,8 @@ def train_seeds(configs, workdirs: list[str]) -> list[dict]:
 
   host_states = jax.device_get(states)
   for i, (workdir, writer) in enumerate(zip(workdirs, writers)):
+    if i not in diverged:
+      writer.finish()
     writer.close()
     if i in diverged:
       continue

@@ -7,7 +7,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 from importlib import metadata
 
@@ -88,26 +87,14 @@ def _finite_or_none(value):
   return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
-def _summary_writer(workdir: str):
-  """tensorboardX's writer (event files without TensorFlow), imported without torch: it imports
-  torch when installed only to accept torch tensors, and that takes seconds; we log floats."""
-  hide_torch = 'torch' not in sys.modules
-  if hide_torch:
-    sys.modules['torch'] = None  # makes `import torch` raise ImportError
-  try:
-    from tensorboardX import SummaryWriter
-  finally:
-    if hide_torch:
-      del sys.modules['torch']
-  return SummaryWriter(logdir=workdir, flush_secs=30)
-
-
 class MetricsWriter:
-  """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard."""
+  """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard
+  (`events`: grouped tags against examples seen, the config as HParams)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, config):
+    from ln_jax.training import events
     self._path = os.path.join(workdir, METRICS_FILE)
-    self._tb = _summary_writer(workdir)
+    self._events = events.EventWriter(workdir, flatten(config.to_dict()), read_metrics(workdir))
 
   def write(self, record: dict) -> None:
     record = {k: _finite_or_none(v) for k, v in record.items()}
@@ -115,13 +102,14 @@ class MetricsWriter:
       f.write(json.dumps(record) + '\n')
       f.flush()
       os.fsync(f.fileno())
-    for key, value in record.items():
-      if key != 'step' and isinstance(value, (int, float)) and value is not None:
-        self._tb.add_scalar(key, value, global_step=record['step'])
+    self._events.write({k: v for k, v in record.items() if v is not None})
+
+  def finish(self) -> None:
+    """The run completed: its HParams session ends."""
+    self._events.finish()
 
   def close(self) -> None:
-    self._tb.flush()
-    self._tb.close()
+    self._events.close()
 
 
 class NoMetricsWriter:
@@ -130,6 +118,9 @@ class NoMetricsWriter:
 
   def write(self, record: dict) -> None:
     del record
+
+  def finish(self) -> None:
+    pass
 
   def close(self) -> None:
     pass

@@ -175,7 +175,10 @@ class Schedule:
   def __init__(self, config, num_train: int):
     self.steps_per_epoch = num_train // config.batch_size
     self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
-    self.eval_every = max(1, round(config.eval_every_epochs * self.steps_per_epoch))
+    if config.get('eval_every_epochs') is not None:
+      self.eval_every = max(1, round(config.eval_every_epochs * self.steps_per_epoch))
+    else:  # a fixed number per run, so a small-batch run shows metrics as early as a large one
+      self.eval_every = max(1, -(-self.total_steps // config.get('num_evals', 20)))
     self.steps_per_call = config.steps_per_call
     self.checkpoint_every = max(1, round(config.checkpoint_every_epochs * self.steps_per_epoch))
 
@@ -249,6 +252,7 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
   every process trains and returns the same metrics; process 0 alone writes the run files.
   """
   config_checks.check_config(config)
+  config = data_lib.with_absolute_dir(config)
   with parallel.together('the workdir check or loading the data'):
     resume.check_workdir(workdir)
     splits = data_lib.load_splits(config.data, config.seed)
@@ -310,7 +314,8 @@ def _train(config, workdir: str, splits: dict, mesh, status: str) -> dict:
   # BN's population statistics for evaluation, when asked for (the state is not changed).
   evaluation_state = population.evaluator(config, train_images, preprocess=preprocess, mesh=mesh)
   progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds, step)
-  writer = rundir.MetricsWriter(workdir) if parallel.is_primary() else rundir.NoMetricsWriter()
+  writer = (rundir.MetricsWriter(workdir, config) if parallel.is_primary()
+            else rundir.NoMetricsWriter())
   last, rate_steps, rate_start, order_epoch = {}, 0, time.time(), -1
   try:
     with resume.catch_stop_signals() as stop:
@@ -347,6 +352,7 @@ def _train(config, workdir: str, splits: dict, mesh, status: str) -> dict:
           rate_steps, rate_start = 0, time.time()
         if schedule.is_checkpoint_step(start, step):
           save()
+    writer.finish()
   finally:
     writer.close()
   if not last:  # resumed from the final checkpoint before summary.json was written
