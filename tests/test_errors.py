@@ -202,6 +202,7 @@ BAD_VALUES = {
     'dtype': ('dtype=float8', "dtype='float8' must be"),
     'fuse_weight_grad': ('fuse_weight_grad=maybe', "fuse_weight_grad='maybe' is not a boolean"),
     'eval_every_epochs': ('eval_every_epochs=0.0', 'eval_every_epochs=0.0 must be positive'),
+    'num_evals': ('num_evals=0', 'num_evals=0 must be at least 1'),
     'eval_batch_size': ('eval_batch_size=0', 'eval_batch_size=0 must be positive'),
     'steps_per_call': ('steps_per_call=0', 'steps_per_call=0 must be positive'),
     'num_devices': ('num_devices=99', 'num_devices=99 but'),
