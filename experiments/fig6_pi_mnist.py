@@ -10,7 +10,7 @@ Variants after the colon (docs/comparisons.md has their costs):
   (none)  the paper's protocol for a GPU: 60 epochs on the 55,000 training images, 3 learning
           rates per batch size, 3 seeds (54 runs).
   cpu     the 55,000 training images, 2 learning rates per batch size, 3 seeds (36 runs); batch
-          128 trains 1 epoch (429 steps), batch 4 a tenth of an epoch (1,375 steps).
+          128 trains 1 epoch (429 steps), batch 4 a twentieth of an epoch (688 steps).
   quick   the first 10,000 training images, one learning rate, 2 seeds (12 runs, minutes).
   seeds4  LayerNorm at batch 4, 4 seeds, 2,000 steps: times --vmap_seeds against separate runs.
 """
@@ -48,7 +48,7 @@ VARIANTS = {
                    4: {'num_epochs': 60.0, 'eval_every_epochs': 0.5}}},
     'cpu': {'seeds': 3, 'learning_rates': {128: (1e-3, 3e-3), 4: (1e-4, 3e-4)},
             'run': {128: {'num_epochs': 1.0, 'eval_every_epochs': 0.25},
-                    4: {'num_epochs': 0.1, 'eval_every_epochs': 0.025}}},
+                    4: {'num_epochs': 0.05, 'eval_every_epochs': 0.0125}}},
     'quick': {'seeds': 2, 'learning_rates': {128: (1e-3,), 4: (1e-4,)},
               'run': {128: {'num_epochs': 2.0, 'eval_every_epochs': 0.5,
                             'data.train_size': 10000},
