@@ -7,7 +7,7 @@ An experiment file (see experiments/fig6_pi_mnist.py) holds:
   GROUP_BY = ('norm', 'batch_size')       # optional: how compare groups runs into curves
   TUNED = ('learning_rate',)              # optional: keys compare selects per group
   SELECT_BY = 'valid_error'               # optional: the metric selection reads
-  CLAIMS = ({'kind': 'less', ...}, ...)   # optional: claims compare tests (ln_jax/analysis/claims.py)
+  CLAIMS = ({'kind': 'less', ...}, ...)   # optional: claims to test (ln_jax/analysis/claims.py)
 
 A member's config is the base config, then its overrides, then the sweep's command-line
 `--config.key=value` overrides (which apply to every member and win). A member is named after the
