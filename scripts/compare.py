@@ -1,11 +1,14 @@
-"""Compares the runs under DIR: Figure 6-style learning curves (PNG, PDF) and a summary table
-(printed, and saved as Markdown and CSV), all written into DIR.
+"""Compares the runs under one or several folders: selection on the validation set, the tuned
+value per group, seeds as means with 95% intervals, paired differences between methods, and the
+experiment's claims with their verdicts. Writes, into the first folder (or --output_dir),
+Figure 6-style learning curves (PNG, PDF), the summary table (Markdown, CSV, also printed) and
+claims.md / claims.json.
 
   python scripts/compare.py /tmp/f6
-  python scripts/compare.py /tmp/f6 --metric=valid_error --group_by=norm,batch_size --band=std
+  python scripts/compare.py /tmp/f6_a /tmp/f6_b --output_dir=/tmp/f6_both --all_settings
 
-DIR may hold a sweep or any run directories made by hand; the sweep's experiment file sets the
-default metric and grouping.
+A folder may hold a sweep or any run directories made by hand; the sweep's experiment file sets
+the default metric, grouping, tuned keys, selection metric and claims.
 """
 
 import os
@@ -22,42 +25,89 @@ _METRIC = flags.DEFINE_string('metric', None, 'Metric to tabulate and plot below
                               'NLL (default: the experiment\'s first, else test_error).')
 _GROUP_BY = flags.DEFINE_list('group_by', None, 'Config keys whose values make a curve; seeds '
                               'are averaged (default: the experiment\'s, else norm,batch_size).')
+_TUNED = flags.DEFINE_list('tuned', None, 'Config keys tuned per group on the validation metric '
+                           '(default: the experiment\'s TUNED, else none).')
+_SELECT_BY = flags.DEFINE_string('select_by', None, 'Validation metric each run is read at its '
+                                 'best of, and tuned keys are chosen on (default: valid_error).')
+_ALL_SETTINGS = flags.DEFINE_bool('all_settings', False, 'Plot and tabulate every value of the '
+                                  'tuned keys, not only the selected one.')
+_ALLOW_MIXED = flags.DEFINE_bool('allow_mixed', False, 'Average runs of a group that differ in '
+                                 'keys that are neither grouped, tuned nor the seed.')
 _PANEL_BY = flags.DEFINE_string('panel_by', 'batch_size', 'Group key with one panel per value '
                                 '(the first group key when this one is not grouped on).')
 _THRESHOLD = flags.DEFINE_float('threshold', 0.02, 'The table gives the epochs each group took '
                                 'to reach metric <= threshold.', lower_bound=0.0)
-_BAND = flags.DEFINE_enum('band', 'minmax', ['minmax', 'std'], 'Band around each mean curve.')
+_BAND = flags.DEFINE_enum('band', 'ci', ['ci', 'minmax', 'std'], 'Band around each mean curve: '
+                          '95% t interval of the mean, min-max or +/- std over seeds.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the figures and tables go '
+                                  '(default: the first folder).')
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise UserError('give one directory to compare: python scripts/compare.py DIR [--metric=...]')
+  roots = argv[1:]
+  if not roots:
+    raise UserError('give the folders to compare: python scripts/compare.py DIR [DIR ...]')
+  from ln_jax.analysis import claims as claims_lib
   from ln_jax.analysis import compare
   from ln_jax.analysis import plots
-  root = argv[1]
-  runs = compare.find_runs(root)
-  metric, group_by = compare.sweep_defaults(root)
-  metric = _METRIC.value or metric
-  group_by = tuple(_GROUP_BY.value or group_by)
+  from ln_jax.analysis import selection
+  from ln_jax.analysis import tables
+  from ln_jax.training import rundir
+  runs = compare.find_runs(roots)
+  defaults = compare.sweep_defaults(roots)
+  metric = _METRIC.value or defaults.metric
+  group_by = tuple(_GROUP_BY.value or defaults.group_by)
+  tuned = tuple(_TUNED.value if _TUNED.value is not None else defaults.tuned)
+  select_by = _SELECT_BY.value or defaults.select_by
   if not any(metric in r for run in runs for r in run.records):
     raise UserError(f'no run recorded {metric!r}; choose --metric from '
                     f'{", ".join(k for k in runs[0].records[-1] if k not in ("step", "epoch"))}')
+  out_dir = _OUTPUT_DIR.value or roots[0]
+  os.makedirs(out_dir, exist_ok=True)
+  if not os.access(out_dir, os.W_OK):
+    raise UserError(f'cannot write into {out_dir}; fix its permissions or pass --output_dir')
   panel_key = _PANEL_BY.value if _PANEL_BY.value in group_by else group_by[0]
-  groups = compare.group_runs(runs, group_by)
-  rows = compare.summarize(groups, group_by, metric, _THRESHOLD.value)
-  table = compare.markdown_table(rows, group_by, metric, _THRESHOLD.value)
+  groups = compare.group_runs(runs, group_by, tuned, _ALLOW_MIXED.value)
+  selection.check_select_by(runs, select_by)
+  tuned_groups = selection.tune(groups, tuned, select_by)
+  results = claims_lib.evaluate(defaults.claims, group_by, tuned, tuned_groups, select_by)
 
-  prefix = os.path.join(root, f'comparison_{metric}')
-  if not os.access(root, os.W_OK):
-    raise UserError(f'cannot write into {root}; fix its permissions')
-  with open(prefix + '.md', 'w') as f:
-    f.write(table)
-  with open(prefix + '.csv', 'w') as f:
-    f.write(compare.csv_table(rows))
-  figures = plots.learning_curves(groups, group_by, panel_key, metric, _BAND.value, prefix)
-  print(f'{len(runs)} runs in {len(groups)} groups under {root}\n')
-  print(table)
-  print('wrote ' + ', '.join([*figures, prefix + '.md', prefix + '.csv']))
+  rows = tables.summarize(tuned_groups, group_by, tuned, metric, select_by, _THRESHOLD.value,
+                          _ALL_SETTINGS.value)
+  table = tables.markdown_table(rows, group_by, tuned, metric, select_by, _THRESHOLD.value)
+  diffs = tables.differences_markdown(tables.differences(tuned_groups, group_by, metric,
+                                                         select_by), group_by, metric, select_by)
+  chosen = [f'{", ".join(compare.label(k, v) for k, v in zip(group_by, values))}: '
+            f'{selection.describe(tuned, settings[0])} (best mean {select_by} of '
+            f'{len(settings)})' for values, settings in tuned_groups.items()] if tuned else []
+
+  curves = []
+  for values, settings in tuned_groups.items():
+    for setting in settings if _ALL_SETTINGS.value else settings[:1]:
+      images = compare.train_size(setting.runs[0].config)
+      detail = ', '.join(filter(None, [selection.describe(tuned, setting),
+                                       f'{images:,} images' if images else '']))
+      curves.append({'values': values, 'runs': setting.runs, 'detail': detail})
+  prefix = os.path.join(out_dir, f'comparison_{metric}')
+  figures = plots.learning_curves(curves, group_by, panel_key, metric, _BAND.value, prefix)
+  report = table + ('\nPaired differences between methods:\n\n' + diffs if diffs else '')
+  rundir.write_text_atomic(prefix + '.md', report)
+  rundir.write_text_atomic(prefix + '.csv', tables.csv_table(rows))
+  written = [*figures, prefix + '.md', prefix + '.csv']
+  if results:
+    claims_text = claims_lib.markdown(results, select_by)
+    rundir.write_text_atomic(os.path.join(out_dir, 'claims.md'), claims_text)
+    rundir.write_json_atomic(os.path.join(out_dir, 'claims.json'), claims_lib.to_json(results))
+    written += [os.path.join(out_dir, 'claims.md'), os.path.join(out_dir, 'claims.json')]
+
+  print(f'{len(runs)} runs in {len(groups)} groups under {", ".join(roots)}; each run read at '
+        f'its best {select_by}\n')
+  if chosen:
+    print(f'selected {", ".join(tuned)} per group:\n  ' + '\n  '.join(chosen) + '\n')
+  print(report)
+  if results:
+    print('claims:\n' + claims_text)
+  print('wrote ' + ', '.join(written))
 
 
 if __name__ == '__main__':

@@ -1,15 +1,15 @@
-"""Learning curves and summary tables across run directories (a sweep, or runs made by hand).
+"""Reading run directories (a sweep, several sweeps, or runs made by hand) and grouping them.
 
-Runs are grouped by config keys (`norm`, `batch_size`, ...); each group's seeds are aggregated into
-a mean with a min-max (or std) band, and a table gives each group's final and best value of a
-metric, mean +/- std over seeds, and the epochs it took to reach a threshold.
+Runs are grouped by config keys (`norm`, `batch_size`, ...). Inside a group, runs may differ only
+in their seed and in the keys the experiment tuned (`learning_rate`): anything else would average
+different experiments together, so `group_runs` refuses it unless asked to mix. Selection on the
+validation set and the tuned value per group are in selection.py; intervals in stats.py; the
+tables in tables.py; claims in claims.py.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -17,20 +17,36 @@ import os
 from absl import logging
 import numpy as np
 
+from ln_jax.analysis import stats
 from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
 METHOD_NAMES = {'none': 'Baseline', 'batch': 'BatchNorm', 'layer': 'LayerNorm'}  # the paper's
 DEFAULT_GROUP_BY = ('norm', 'batch_size')
 DEFAULT_METRIC = 'test_error'
+DEFAULT_SELECT_BY = 'valid_error'
+MNIST_TRAIN_IMAGES = 60000  # before the validation images are taken off
+# Keys that describe where and how a run was made, not what it trained: never a reason to refuse.
+NOT_EXPERIMENT_KEYS = ('data.dir', 'log_every_seconds', 'checkpoint_every_epochs',
+                       'checkpoint_keep', 'steps_per_call', 'num_devices')
 
 
 @dataclasses.dataclass
 class Run:
-  path: str       # relative to the compared directory
+  path: str       # relative to the compared directory (prefixed by it when several are compared)
   config: dict    # flattened: {'norm': 'layer', 'data.source': 'idx', ...}
   records: list   # metrics.jsonl, one per step (the latest line wins), in step order
   complete: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Defaults:
+  """What the sweep's experiment file asks compare for (or the defaults without a sweep)."""
+  metric: str = DEFAULT_METRIC
+  group_by: tuple = DEFAULT_GROUP_BY
+  tuned: tuple = ()
+  select_by: str = DEFAULT_SELECT_BY
+  claims: tuple = ()
 
 
 def read_run(path: str, root: str) -> Run:
@@ -41,17 +57,15 @@ def read_run(path: str, root: str) -> Run:
              rundir.is_complete(path))
 
 
-def _sweep_order(root: str) -> list[str]:
+def _sweep_file(root: str) -> dict | None:
   path = os.path.join(root, 'sweep.json')
   if not os.path.exists(path):
-    return []
+    return None
   with open(path) as f:
-    return [m['name'] for m in json.load(f)['members']]
+    return json.load(f)
 
 
-def find_runs(root: str) -> list[Run]:
-  """Every run directory under `root` (itself included), in the sweep's member order if it has
-  one, else by path."""
+def _runs_under(root: str) -> list[Run]:
   if not os.path.isdir(root):
     raise UserError(f'{root} is not a directory; pass a sweep directory or a folder of runs')
   paths = []
@@ -63,32 +77,55 @@ def find_runs(root: str) -> list[Run]:
   for path in paths:
     try:
       run = read_run(path, root)
-    except UserError as e:
-      logging.warning('skipping %s: %s', path, e)
+    except (UserError, ValueError, KeyError, OSError) as e:  # a damaged file: skip that run
+      logging.warning('skipping %s: %s', path, str(e).splitlines()[0] if str(e) else repr(e))
       continue
     if run.records:
       runs.append(run)
     else:
       logging.warning('skipping %s: no metrics yet', path)
-  if not runs:
-    raise UserError(f'no run directories with metrics under {root}; run scripts/sweep.py or '
-                    'scripts/train.py into it first')
-  order = {name: i for i, name in enumerate(_sweep_order(root))}
+  order = {m['name']: i for i, m in enumerate((_sweep_file(root) or {}).get('members', []))}
   return sorted(runs, key=lambda r: (order.get(r.path, len(order)), r.path))
 
 
-def sweep_defaults(root: str) -> tuple[str, tuple[str, ...]]:
-  """The metric and grouping the sweep's experiment file asks for, else the defaults."""
-  path = os.path.join(root, 'sweep.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      sweep = json.load(f)
-    return sweep['metrics'][0], tuple(sweep['group_by'])
-  return DEFAULT_METRIC, DEFAULT_GROUP_BY
+def find_runs(roots) -> list[Run]:
+  """Every run directory under each root (itself included), in the sweep's member order where
+  it has one, else by path. With several roots, run paths start with their root."""
+  roots = [roots] if isinstance(roots, str) else list(roots)
+  runs = []
+  for root in roots:
+    found = _runs_under(root)
+    if len(roots) > 1:
+      for run in found:
+        run.path = os.path.join(root, run.path)
+    runs += found
+  if not runs:
+    raise UserError(f'no run directories with metrics under {", ".join(roots)}; run '
+                    'scripts/sweep.py or scripts/train.py into it first')
+  return runs
 
 
-def group_runs(runs: list[Run], keys: tuple[str, ...]) -> dict[tuple, list[Run]]:
-  """Runs by their values of `keys`, groups in order of first appearance."""
+def sweep_defaults(roots) -> Defaults:
+  """The metric, grouping, tuned keys, selection metric and claims of the first sweep among
+  `roots` (compared folders are expected to hold the same experiment), else the defaults."""
+  roots = [roots] if isinstance(roots, str) else list(roots)
+  for root in roots:
+    sweep = _sweep_file(root)
+    if sweep is not None:
+      return Defaults(metric=sweep['metrics'][0], group_by=tuple(sweep['group_by']),
+                      tuned=tuple(sweep.get('tuned', ())),
+                      select_by=sweep.get('select_by', DEFAULT_SELECT_BY),
+                      claims=tuple(sweep.get('claims', ())))
+  return Defaults()
+
+
+def group_runs(runs: list[Run], keys: tuple[str, ...], tuned: tuple[str, ...] = (),
+               allow_mixed: bool = False) -> dict[tuple, list[Run]]:
+  """Runs by their values of `keys`, groups in order of first appearance.
+
+  Raises UserError, naming the keys, when runs of one group differ in a key that is neither
+  grouped, tuned nor the seed (a warning instead with `allow_mixed`).
+  """
   for key in keys:
     if not any(key in r.config for r in runs):
       raise UserError(f'no run has config key {key!r}; group by keys such as '
@@ -96,13 +133,31 @@ def group_runs(runs: list[Run], keys: tuple[str, ...]) -> dict[tuple, list[Run]]
   groups = {}
   for run in runs:
     groups.setdefault(tuple(run.config.get(k) for k in keys), []).append(run)
-  for values, members in groups.items():
-    differ = sorted(k for k in members[0].config if k != 'seed' and
-                    len({repr(r.config.get(k)) for r in members}) > 1)
-    if differ:
-      logging.warning('group %s mixes runs that differ in %s; add them to --group_by to split',
-                      values, ', '.join(differ))
+  allowed = {'seed', *keys, *tuned, *NOT_EXPERIMENT_KEYS}
+  differ = set()
+  for members in groups.values():
+    names = set().union(*(r.config for r in members))
+    differ |= {k for k in names if k not in allowed and
+               len({repr(r.config.get(k)) for r in members}) > 1}
+  if differ:
+    text = ', '.join(sorted(differ))
+    if not allow_mixed:
+      raise UserError(f'runs in one group differ in {text}; add them to --group_by, or pass '
+                      '--allow_mixed to average them together')
+    logging.warning('groups mix runs that differ in %s (--allow_mixed)', text)
   return groups
+
+
+def train_size(config: dict) -> int | None:
+  """The number of training images a run drew from, from its config (None when it has no data
+  section, as runs written by hand may not)."""
+  if 'data.valid_size' not in config:
+    return None
+  total = (config.get('data.synthetic_train_size', 0) if config.get('data.source') == 'synthetic'
+           else MNIST_TRAIN_IMAGES)
+  available = total - (config.get('data.valid_size') or 0)
+  cap = config.get('data.train_size')
+  return min(cap, available) if cap else available
 
 
 def values(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -116,90 +171,23 @@ def values(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def aggregate(runs: list[Run], metric: str) -> dict[str, np.ndarray]:
-  """Mean, min, max and std over runs at every epoch any of them evaluated."""
+  """Mean, min, max, std and the 95% t interval of the mean over runs at every epoch any of them
+  evaluated (low = high = nan where fewer than two runs did)."""
   series = [values(r, metric) for r in runs]
   epochs = np.unique(np.round(np.concatenate([e for e, _ in series]), 6))
   table = np.full((len(series), len(epochs)), np.nan)
   for i, (e, v) in enumerate(series):
     table[i, np.searchsorted(epochs, np.round(e, 6))] = v
+  intervals = [stats.t_interval(column[~np.isnan(column)]) for column in table.T]
   # Every epoch column holds at least the value of the run that evaluated there.
   return {'epoch': epochs, 'mean': np.nanmean(table, 0), 'min': np.nanmin(table, 0),
           'max': np.nanmax(table, 0), 'std': np.nanstd(table, 0),
+          'low': np.array([i.low for i in intervals]),
+          'high': np.array([i.high for i in intervals]),
           'count': np.sum(~np.isnan(table), 0)}
-
-
-def _mean_std(xs) -> tuple[float, float]:
-  xs = np.asarray(xs, float)
-  if not len(xs):
-    return math.nan, math.nan
-  return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
-
-
-def summarize(groups: dict[tuple, list[Run]], keys: tuple[str, ...], metric: str,
-              threshold: float) -> list[dict]:
-  """One row per group: final and best `metric` (mean, std over runs), epochs to reach
-  `threshold` (mean over the runs that reached it) and the median training speed."""
-  rows = []
-  for group_values, runs in groups.items():
-    finals, bests, reach, speeds = [], [], [], []
-    for run in runs:
-      epochs, vals = values(run, metric)
-      if not len(vals):
-        continue
-      finals.append(vals[-1])
-      bests.append(vals.min())
-      hit = np.nonzero(vals <= threshold)[0]
-      if len(hit):
-        reach.append(epochs[hit[0]])
-      # The first window of a run includes compilation: leave it out of the speed.
-      speeds += [r['steps_per_s'] for r in run.records[1:] if r.get('steps_per_s')]
-    row = dict(zip(keys, group_values))
-    row['runs'] = len(runs)
-    row['unfinished'] = sum(not r.complete for r in runs)
-    row['final_mean'], row['final_std'] = _mean_std(finals)
-    row['best_mean'], row['best_std'] = _mean_std(bests)
-    row['epochs_to_threshold'] = float(np.mean(reach)) if reach else math.nan
-    row['reached'] = len(reach)
-    row['steps_per_s'] = float(np.median(speeds)) if speeds else math.nan
-    rows.append(row)
-  return rows
 
 
 def label(key: str, value) -> str:
   if key == 'norm':
     return METHOD_NAMES.get(value, str(value))
-  return f'{key}={value}'
-
-
-def _fmt(x: float, percent: bool) -> str:
-  if not math.isfinite(x):
-    return '-'
-  return f'{100 * x:.2f}' if percent else f'{x:.4g}'
-
-
-def markdown_table(rows: list[dict], keys: tuple[str, ...], metric: str,
-                   threshold: float) -> str:
-  percent = metric.endswith('_error')
-  unit = ' (%)' if percent else ''
-  header = [*keys, 'runs', f'final {metric}{unit}', f'best {metric}{unit}',
-            f'epochs to {_fmt(threshold, percent)}{"%" if percent else ""}', 'steps/s']
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for row in rows:
-    runs = str(row['runs']) + (f' ({row["unfinished"]} unfinished)' if row['unfinished'] else '')
-    cells = [label(k, row[k]) if k == 'norm' else str(row[k]) for k in keys]
-    spread = lambda name: (f' ± {_fmt(row[name + "_std"], percent)}' if row['runs'] > 1 else '')
-    cells += [runs,
-              _fmt(row['final_mean'], percent) + spread('final'),
-              _fmt(row['best_mean'], percent) + spread('best'),
-              f'{_fmt(row["epochs_to_threshold"], False)} ({row["reached"]}/{row["runs"]})',
-              _fmt(row['steps_per_s'], False)]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
-
-
-def csv_table(rows: list[dict]) -> str:
-  out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator='\n')
-  writer.writeheader()
-  writer.writerows(rows)
-  return out.getvalue()
+  return f'{key.split(".")[-1]}={value}'

@@ -5,6 +5,9 @@ An experiment file (see experiments/fig6_pi_mnist.py) holds:
   def members(arg) -> list[dict]        # dotted config key -> value, one dict per member
   METRICS = ('test_error', 'train_loss')  # what scripts/compare.py shows first
   GROUP_BY = ('norm', 'batch_size')       # optional: how compare groups runs into curves
+  TUNED = ('learning_rate',)              # optional: keys compare selects per group
+  SELECT_BY = 'valid_error'               # optional: the metric selection reads
+  CLAIMS = ({'kind': 'less', ...}, ...)   # optional: claims to test (ln_jax/analysis/claims.py)
 
 A member's config is the base config, then its overrides, then the sweep's command-line
 `--config.key=value` overrides (which apply to every member and win). A member is named after the
@@ -48,6 +51,9 @@ class Experiment:
   members: tuple[Member, ...]
   metrics: tuple[str, ...]
   group_by: tuple[str, ...]
+  tuned: tuple[str, ...] = ()
+  select_by: str = 'valid_error'
+  claims: tuple[dict, ...] = ()
 
 
 def _load_module(path: str, what: str):
@@ -106,7 +112,10 @@ def load_experiment(spec: str) -> Experiment:
   return Experiment(spec=spec, base_config=module.BASE_CONFIG,
                     members=tuple(Member(n, o) for n, o in zip(names, overrides)),
                     metrics=tuple(getattr(module, 'METRICS', ('test_error', 'train_loss'))),
-                    group_by=tuple(getattr(module, 'GROUP_BY', ('norm', 'batch_size'))))
+                    group_by=tuple(getattr(module, 'GROUP_BY', ('norm', 'batch_size'))),
+                    tuned=tuple(getattr(module, 'TUNED', ())),
+                    select_by=getattr(module, 'SELECT_BY', 'valid_error'),
+                    claims=tuple(dict(c) for c in getattr(module, 'CLAIMS', ())))
 
 
 def _format_value(value) -> str:
@@ -252,6 +261,9 @@ def write_sweep_file(workdir: str, experiment: Experiment, common: dict[str, str
       'common_overrides': common,
       'metrics': list(experiment.metrics),
       'group_by': list(experiment.group_by),
+      'tuned': list(experiment.tuned),
+      'select_by': experiment.select_by,
+      'claims': list(experiment.claims),
       'members': [{'name': m.name, 'overrides': m.overrides} for m in experiment.members],
       'configs': {name: _stored(config) for name, config in configs.items()},
   })
