@@ -1,6 +1,6 @@
 """Speed benchmark: ln_jax against its peers, each in its own process, in interleaved rounds.
 
-  python scripts/bench.py                      # everything (about 7 minutes on 2 cores)
+  python scripts/bench.py                      # everything (sized for ~7 minutes on 2 cores)
   python scripts/bench.py --quick --output=/tmp/bench_quick.json   # a smoke run
 
 Parts: `training` (the paper's MLP at batch 4 with LN: ln_jax, a hand-fused Flax lax.scan loop,
@@ -141,7 +141,8 @@ def main(argv):
     results['training_ratios'] = suite.training_ratios(results['training'])
   if 'cells' in _PARTS.value:
     logging.info('recurrent cells: %s', cells_variants)
-    cell_contenders = ['ln_jax:none', 'ln_jax:layer', 'ln_jax:batch'] + (
+    cell_contenders = ['ln_jax:none', 'ln_jax:layer', 'ln_jax:batch', 'kernel:none',
+                       'kernel:layer'] + (
         ['torch_lstm'] if has_torch else [])
     results['cells'] = suite.run_cells(cells_variants, cell_contenders, steps=cells_steps,
                                        rounds=rounds, warmup_steps=warmup,

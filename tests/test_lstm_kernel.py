@@ -78,9 +78,10 @@ def test_float64_gradients_match_autodiff_of_the_forward_scan(layer_norm):
 def test_padded_and_batch_normalized_layers_keep_the_scan(monkeypatch):
   spec = lambda kind: {'norm_x': cells.StepNorm(kind), 'norm_h': cells.StepNorm(kind)}
   mask = jnp.ones((3, 2))
+  assert not lstm_kernel.applies('lstm', spec('none'), None, jnp.float32)  # off by default
+  monkeypatch.setattr(lstm_kernel, 'FUSED_KINDS', ('none', 'layer'))
   assert lstm_kernel.applies('lstm', spec('none'), None, jnp.float32)
   assert not lstm_kernel.applies('lstm', spec('none'), mask, jnp.float32)
-  monkeypatch.setattr(lstm_kernel, 'FUSED_KINDS', ('none', 'layer'))
   assert lstm_kernel.applies('lstm', spec('layer'), None, jnp.float32)
   assert not lstm_kernel.applies('lstm', spec('batch'), None, jnp.float32)
   assert not lstm_kernel.applies('gru', spec('none'), None, jnp.float32)

@@ -102,6 +102,9 @@ def _build(spec: dict):
       return n * layers.PASSES_PER_CALL
     return run, {}
   from ln_jax.benchmarks import load_config, peers, training
+  if 'lstm_kernel' in spec:  # which recurrent layers use the hand-written backward pass
+    from ln_jax.layers import lstm_kernel
+    lstm_kernel.FUSED_KINDS = tuple(spec['lstm_kernel'])
   images, labels = training.make_dataset(spec.get('num_examples', training.NUM_TRAIN))
   config = load_config(spec['config'], spec['overrides'])
   runners = dict(training.RUNNERS, flax_scan=peers.FlaxScanRunner,

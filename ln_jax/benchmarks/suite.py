@@ -178,7 +178,8 @@ def run_layer_norm(shapes, contenders, rounds: int, peak_gbs: float = 0.0) -> li
 
 def run_cells(variants, contenders, *, steps: dict, rounds: int, warmup_steps: int,
               batch_size: int = 64, extra: str = '', num_examples: int = 6400) -> list[dict]:
-  """Training steps/s of the recurrent classifier: ln_jax's LSTM, LN-LSTM and BN-LSTM and
+  """Training steps/s of the recurrent classifier: ln_jax's LSTM, LN-LSTM and BN-LSTM
+  ('ln_jax:<norm>'), the same with `lstm_kernel`'s backward pass ('kernel:<norm>') and
   `torch.nn.LSTM`, each in its own process; step times relative to ln_jax's plain LSTM."""
   out = []
   for variant in variants:
@@ -186,9 +187,12 @@ def run_cells(variants, contenders, *, steps: dict, rounds: int, warmup_steps: i
     for name in contenders:
       norm = name.split(':')[1] if ':' in name else 'none'
       arg = ','.join(filter(None, (variant, f'norm={norm}', f'batch_size={batch_size}', extra)))
-      specs[name] = {'kind': 'cell', 'contender': name.split(':')[0], 'config': SEQ_MNIST,
-                     'overrides': arg, 'num_examples': num_examples,
-                     'warmup_steps': warmup_steps}
+      runner = name.split(':')[0]
+      specs[name] = {'kind': 'cell', 'contender': 'ln_jax' if runner == 'kernel' else runner,
+                     'config': SEQ_MNIST, 'overrides': arg, 'num_examples': num_examples,
+                     'warmup_steps': warmup_steps,
+                     # 'kernel:<norm>': ln_jax with lstm_kernel's backward pass for that norm
+                     'lstm_kernel': [norm] if runner == 'kernel' else []}
     measured = isolated.interleave(specs, max(1, steps[variant] // rounds), rounds)
     plain = measured.get('ln_jax:none')
     for name, result in measured.items():

@@ -147,10 +147,11 @@ def _lstm_bwd(layer_norm, epsilon, saved, cotangents):
 lstm_sequence.defvjp(_lstm_fwd, _lstm_bwd)
 
 
-# The normalizations `lstm_layer` computes by default. It computes 'layer' too (tested against
-# autodiff), but on the loaded 2-core machine it was measured no faster than the scan's
-# autodiff (CPU time) and slower in wall time; add 'layer' here to use it (docs/speed.md).
-FUSED_KINDS = ('none',)
+# The normalizations for which `cells.RecurrentLayer` uses `lstm_layer`: none by default. It
+# computes 'none' and 'layer' (tested against autodiff), but on the loaded 2-core machine where
+# it was written its speed against autodiff of the scan could not be told from the noise
+# (0.8x-1.1x); scripts/bench.py times both ('kernel:<norm>' rows) to decide on a quiet one.
+FUSED_KINDS = ()
 
 
 def applies(cell: str, fns: dict, mask_TxB, dtype) -> bool:
