@@ -96,11 +96,12 @@ CONTENDERS = ('ln_jax', 'flax', 'torch')
 
 def pass_callable(name: str, rows: int, features: int,
                   epsilon: float = layers.DEFAULT_EPSILON):
-  """(call, sync) timing `PASSES_PER_CALL` passes of contender `name` on float32 [rows, features]."""
+  """(call, sync): `PASSES_PER_CALL` passes of contender `name` on float32 [rows, features]."""
   if name == 'torch':
     return _torch_passes(rows, features, epsilon), lambda out: out
   x = jax.random.normal(jax.random.PRNGKey(2), (rows, features), jnp.float32)
-  module = layers.LayerNorm(epsilon=epsilon) if name == 'ln_jax' else nn.LayerNorm(epsilon=epsilon)
+  module = (layers.LayerNorm(epsilon=epsilon) if name == 'ln_jax'
+            else nn.LayerNorm(epsilon=epsilon))
   return _jax_passes(module, x), jax.block_until_ready
 
 
