@@ -1,10 +1,15 @@
-"""Speed benchmark: ln_jax training against a per-step-jit loop and PyTorch, LayerNorm GB/s, cells.
+"""Speed benchmark: ln_jax against its peers, each in its own process, in interleaved rounds.
 
-  python scripts/bench.py                      # the full benchmark, JSON to bench.json
-  python scripts/bench.py --quick --output=/tmp/bench_quick.json   # a smoke run, a minute or two
+  python scripts/bench.py                      # everything (sized for ~7 minutes on 2 cores)
+  python scripts/bench.py --quick --output=/tmp/bench_quick.json   # a smoke run
 
-Prints the tables and writes everything (per-round rates, the machine, the load average) as JSON.
-Close other programs first: the figures are only as steady as the machine.
+Parts: `training` (the paper's MLP at batch 4 with LN: ln_jax, a hand-fused Flax lax.scan loop,
+a per-step jit loop, PyTorch eager; the bandwidth bound), `cells` (LSTM, LN-LSTM, BN-LSTM and
+torch.nn.LSTM on sequential MNIST rows and pixels), `layer_norm` (forward+backward GB/s of
+ln_jax, flax.linen and PyTorch at 8192x1000 and 64x512), `real_run` (steps_per_s of real
+scripts/train.py runs). Prints the tables and writes everything (per-round rates, the machine,
+the load average) as JSON. Close other programs first: the figures are only as steady as the
+machine.
 """
 
 import os
@@ -19,22 +24,22 @@ from absl import logging
 from ln_jax import cli
 from ln_jax.errors import UserError
 
-PARTS = ('training', 'layer_norm', 'cells')
+PARTS = ('training', 'cells', 'layer_norm', 'real_run')
 
 _OUTPUT = flags.DEFINE_string('output', 'bench.json', 'Where to write the results as JSON.')
-_QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: 20 steps, one round, a small LayerNorm '
-                           'input (unless those flags are given).')
+_QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: few steps, one round, small LayerNorm '
+                           'inputs, rows only (unless those flags are given).')
 _STEPS = flags.DEFINE_integer(
-    'steps', 3000, 'Timed training steps per contender, capped at one epoch (429 steps at '
-    'batch 128); 0: one whole epoch (13,750 steps at batch 4).', lower_bound=0)
-_ROUNDS = flags.DEFINE_integer('rounds', 7, 'Interleaved timing rounds; the median is reported.',
+    'steps', 2000, 'Timed MLP training steps per contender, capped at one epoch; 0: one epoch.',
+    lower_bound=0)
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Interleaved timing rounds; medians are reported.',
                                lower_bound=1)
 _WARMUP = flags.DEFINE_integer('warmup_steps', 20, 'Untimed steps first (compilation).',
                                lower_bound=0)
-_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['4', '128'], 'Training batch sizes.')
-_NORMS = flags.DEFINE_list('norms', ['layer', 'batch', 'none'], 'Normalizers to train.')
-_CONTENDERS = flags.DEFINE_list('contenders', ['ln_jax', 'jit_loop', 'torch'],
-                                'Training loops to compare (torch only when installed).')
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['4'], 'MLP training batch sizes.')
+_NORMS = flags.DEFINE_list('norms', ['layer'], 'Normalizers of the MLP runs.')
+_CONTENDERS = flags.DEFINE_list('contenders', ['ln_jax', 'flax_scan', 'jit_loop', 'torch'],
+                                'MLP training loops to compare (torch only when installed).')
 _PARTS = flags.DEFINE_list('parts', list(PARTS), f'Which parts to run, of {", ".join(PARTS)}.')
 _MLP_OVERRIDES = flags.DEFINE_string(
     'mlp_overrides', '', 'key=value overrides of configs/pi_mnist.py for every training run, '
@@ -42,13 +47,16 @@ _MLP_OVERRIDES = flags.DEFINE_string(
 _VARIANT = flags.DEFINE_multi_string(
     'ln_jax_variant', [], 'Config overrides (key=value,...) for an extra ln_jax contender, timed '
     'in the same rounds, e.g. fuse_weight_grad=False; repeatable.')
-_LN_SHAPE = flags.DEFINE_list('ln_shape', ['8192', '1000'], 'LayerNorm input rows,features.')
+_LN_SHAPES = flags.DEFINE_list('ln_shapes', ['8192x1000', '64x512'],
+                               'LayerNorm inputs, rows x features.')
 _PEAK_GBS = flags.DEFINE_float('peak_gbs', 0.0, "The device's memory bandwidth in GB/s, to "
                                'report LayerNorm GB/s as a fraction of it (0: not reported).',
                                lower_bound=0.0)
 _CELLS_BATCH = flags.DEFINE_integer('cells_batch_size', 64, 'Batch size of the recurrent runs.',
                                     lower_bound=1)
-_CELLS_VARIANT = flags.DEFINE_string('cells_variant', 'rows', 'configs/seq_mnist.py variant.')
+_CELLS_VARIANTS = flags.DEFINE_list('cells_variants', ['rows', 'pixels'],
+                                    'configs/seq_mnist.py variants of the recurrent runs.')
+_CELLS_STEPS = {'rows': 300, 'pixels': 25}  # timed steps per contender (T = 28 and 784)
 
 
 def _ints(values, flag: str) -> list[int]:
@@ -72,17 +80,22 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from ln_jax import layers
   from ln_jax.training import rundir
+  from ln_jax.benchmarks import real_run
   from ln_jax.benchmarks import suite
   from ln_jax.benchmarks import training
 
   batch_sizes = _ints(_BATCH_SIZES.value, 'batch_sizes')
-  ln_shape = _ints(_LN_SHAPE.value, 'ln_shape')
-  if len(ln_shape) != 2:
-    raise UserError('--ln_shape needs two integers, rows,features (e.g. 8192,1000)')
-  rows, features = ln_shape
+  ln_shapes = []
+  for shape in _LN_SHAPES.value:
+    try:
+      rows, features = (int(v) for v in shape.split('x'))
+    except ValueError:
+      raise UserError(f'--ln_shapes: {shape!r} is not rows x features, e.g. 8192x1000') from None
+    ln_shapes.append((rows, features))
   _check_choices(_NORMS.value, layers.NORMS, 'norms')
-  _check_choices(_CONTENDERS.value, training.RUNNERS, 'contenders')
+  _check_choices(_CONTENDERS.value, suite.MLP_CONTENDERS, 'contenders')
   _check_choices(_PARTS.value, PARTS, 'parts')
+  _check_choices(_CELLS_VARIANTS.value, _CELLS_STEPS, 'cells_variants')
   output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value))
   if not os.path.isdir(output_dir) or not os.access(output_dir, os.W_OK):
     raise UserError(f'cannot write --output={_OUTPUT.value}: {output_dir} is not a writable '
@@ -95,21 +108,25 @@ def main(argv):
     configs.append(suite.mlp_config('layer', batch_sizes[0], overrides))
   config = configs[0]  # the --mlp_overrides one
 
-  steps, rounds, warmup, repeats = _STEPS.value, _ROUNDS.value, _WARMUP.value, 5
+  steps, rounds, warmup = _STEPS.value, _ROUNDS.value, _WARMUP.value
+  cells_steps, cells_variants = dict(_CELLS_STEPS), _CELLS_VARIANTS.value
   if _QUICK.value:  # smaller defaults; flags given explicitly still win
-    given = {name for name in ('steps', 'rounds', 'warmup_steps', 'ln_shape')
+    given = {name for name in ('steps', 'rounds', 'warmup_steps', 'ln_shapes', 'cells_variants')
              if flags.FLAGS[name].present}
     steps = steps if 'steps' in given else 20
     rounds = rounds if 'rounds' in given else 1
     warmup = warmup if 'warmup_steps' in given else 2
-    rows, features = (rows, features) if 'ln_shape' in given else (256, 1000)
-    repeats = 2
+    ln_shapes = ln_shapes if 'ln_shapes' in given else [(256, 1000), (64, 512)]
+    cells_variants = cells_variants if 'cells_variants' in given else ['rows']
+    cells_steps = {'rows': 4, 'pixels': 2}
   if steps < 0 or rounds < 1 or warmup < 0:
     raise UserError('--steps and --warmup_steps must be >= 0 and --rounds >= 1')
   contenders = list(_CONTENDERS.value)
   notes = []
-  if 'torch' in contenders and not training.torch_available():
+  has_torch = training.torch_available()
+  if 'torch' in contenders and not has_torch:
     contenders.remove('torch')
+  if not has_torch:
     notes.append('PyTorch is not installed (pip install ln_jax[bench]); its rows are left out')
 
   results = {'machine': suite.machine(), 'load_average_before': suite.load_average(),
@@ -127,15 +144,22 @@ def main(argv):
         batch_sizes, _NORMS.value, contenders, steps=steps, rounds=rounds, warmup_steps=warmup,
         overrides=_MLP_OVERRIDES.value, variants=tuple(_VARIANT.value))
     results['training_ratios'] = suite.training_ratios(results['training'])
-  if 'layer_norm' in _PARTS.value:
-    logging.info('LayerNorm forward+backward on [%d, %d]', rows, features)
-    results['layer_norm'] = suite.run_layer_norm(rows, features, 'torch' in contenders,
-                                                 repeats, _PEAK_GBS.value)
   if 'cells' in _PARTS.value:
-    logging.info('recurrent cells')
-    results['cells'] = suite.run_cells(
-        _CELLS_BATCH.value, steps=min(steps, 300) if steps else 300, rounds=rounds,
-        warmup_steps=warmup, variant=_CELLS_VARIANT.value)
+    logging.info('recurrent cells: %s', cells_variants)
+    cell_contenders = ['ln_jax:none', 'ln_jax:layer', 'ln_jax:batch', 'kernel:none',
+                       'kernel:layer'] + (
+        ['torch_lstm'] if has_torch else [])
+    results['cells'] = suite.run_cells(cells_variants, cell_contenders, steps=cells_steps,
+                                       rounds=rounds, warmup_steps=warmup,
+                                       batch_size=_CELLS_BATCH.value)
+  if 'layer_norm' in _PARTS.value:
+    logging.info('LayerNorm forward+backward on %s', ln_shapes)
+    results['layer_norm'] = suite.run_layer_norm(
+        ln_shapes, ['ln_jax', 'flax'] + (['torch'] if has_torch else []), rounds,
+        _PEAK_GBS.value)
+  if 'real_run' in _PARTS.value and not _QUICK.value:
+    logging.info('real runs')
+    results['real_run'] = [real_run.run(name) for name in real_run.REAL_RUNS]
   results['load_average_after'] = suite.load_average()
 
   print(suite.report(results))

@@ -1,9 +1,17 @@
 """LayerNorm forward + backward throughput in GB/s: ln_jax against flax.linen and PyTorch.
 
 The figure counts the bytes a fused implementation cannot avoid moving: the forward pass reads x
-and writes y, the backward pass reads x and dy and writes dx, so 5 * x.nbytes per call (the
-parameter gradients are one row each and ignored). Higher is better; the machine's memory
-bandwidth is the ceiling.
+and writes y, the backward pass reads x and dy and writes dx, so 5 * x.nbytes per pass (the
+parameter gradients are one row each and ignored). Higher is better; the memory bandwidth of
+the working set is the ceiling.
+
+Every contender runs the same loop, so the figures of different libraries compare the layers:
+`PASSES_PER_CALL` forward+backward passes per timed call, pass i on x and dy scaled by
+(1 + 1e-7 i), so that no pass and no part of one (dy * scale, sum(dy)) is loop-invariant and
+hoisted out of the loop by the compiler, and y and dx added into accumulators, so that neither
+output is dead code that the compiler drops. The accumulators cost every contender the same
+extra traffic (read each and the output, write each: 6 x.nbytes per pass), which GB/s does not
+count: it is a lower bound on the layer's own rate.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from ln_jax import layers
+
+PASSES_PER_CALL = 10
 
 
 def time_per_call(call: Callable[[], object], sync: Callable[[object], object],
@@ -37,72 +47,64 @@ def time_per_call(call: Callable[[], object], sync: Callable[[object], object],
   return statistics.median(samples)
 
 
-ITERATIONS_PER_CALL = 10
-
-
-def _jax_forward_backward(module: nn.Module, x):
-  """A jitted call of `ITERATIONS_PER_CALL` forward+backward passes: (y, dparams, dx) each.
-
-  The passes run in one compiled loop whose next input is this pass's dx and whose next output
-  gradient is this y, so every output is used and every buffer is reused. Timed one pass per
-  call instead, XLA:CPU would allocate fresh [rows, features] outputs and temporaries on every
-  call; the operating system's page faults on that memory, not the layer, then dominate
-  (tens of thousands per call at 8192 x 1000).
-  """
+def _jax_passes(module: nn.Module, x):
+  """A jitted call of `PASSES_PER_CALL` forward+backward passes; returns the sums of y, dx and
+  the parameter gradients."""
   params = module.init(jax.random.PRNGKey(0), x)
   dy = jax.random.normal(jax.random.PRNGKey(1), x.shape, x.dtype)
 
   @jax.jit
   def passes(params, x, dy):
-    def one_pass(_, carry):
-      x, dy, _ = carry
-      y, vjp = jax.vjp(module.apply, params, x)
-      dparams, dx = vjp(dy)
-      return dx, y, dparams
-    init = (x, dy, jax.tree.map(jnp.zeros_like, params))
-    return jax.lax.fori_loop(0, ITERATIONS_PER_CALL, one_pass, init)
+    def one_pass(i, carry):
+      y_sum, dx_sum, dparams_sum = carry
+      factor = 1.0 + 1e-7 * i
+      y, vjp = jax.vjp(module.apply, params, x * factor)
+      dparams, dx = vjp(dy * factor)
+      return y_sum + y, dx_sum + dx, jax.tree.map(jnp.add, dparams_sum, dparams)
+    init = (jnp.zeros_like(x), jnp.zeros_like(x), jax.tree.map(jnp.zeros_like, params))
+    return jax.lax.fori_loop(0, PASSES_PER_CALL, one_pass, init)
 
   return lambda: passes(params, x, dy)
 
 
-def _torch_forward_backward(rows: int, features: int, epsilon: float):
+def _torch_passes(rows: int, features: int, epsilon: float):
   import torch  # optional: the `bench` extra
 
   layer = torch.nn.LayerNorm(features, eps=epsilon)
   generator = torch.Generator().manual_seed(0)
-  x = torch.randn(rows, features, generator=generator, requires_grad=True)
+  x0 = torch.randn(rows, features, generator=generator)
   dy = torch.randn(rows, features, generator=generator)
+  y_sum, dx_sum = torch.zeros(rows, features), torch.zeros(rows, features)
 
   def call():
-    x.grad = None
-    layer.zero_grad(set_to_none=True)
-    layer(x).backward(dy)
-    return x.grad
+    y_sum.zero_()
+    dx_sum.zero_()
+    for i in range(PASSES_PER_CALL):
+      factor = 1.0 + 1e-7 * i
+      x = (x0 * factor).requires_grad_()
+      y = layer(x)
+      y.backward(dy * factor)
+      y_sum.add_(y.detach())
+      dx_sum.add_(x.grad)
+    return dx_sum
 
   return call
 
 
-def layer_norm_contenders(include_torch: bool) -> list[str]:
-  return ['ln_jax', 'flax'] + (['torch'] if include_torch else [])
+CONTENDERS = ('ln_jax', 'flax', 'torch')
 
 
-def measure_layer_norm(rows: int, features: int, contenders: list[str],
-                       epsilon: float = layers.DEFAULT_EPSILON, repeats: int = 5) -> list[dict]:
-  """One row per contender: seconds per forward+backward call, GB/s on float32 [rows, features]."""
+def pass_callable(name: str, rows: int, features: int,
+                  epsilon: float = layers.DEFAULT_EPSILON):
+  """(call, sync): `PASSES_PER_CALL` passes of contender `name` on float32 [rows, features]."""
+  if name == 'torch':
+    return _torch_passes(rows, features, epsilon), lambda out: out
   x = jax.random.normal(jax.random.PRNGKey(2), (rows, features), jnp.float32)
-  nbytes = 5 * x.size * 4
-  # (call, sync, forward+backward passes per call) of each contender
-  calls = {
-      'ln_jax': lambda: (_jax_forward_backward(layers.LayerNorm(epsilon=epsilon), x),
-                         jax.block_until_ready, ITERATIONS_PER_CALL),
-      'flax': lambda: (_jax_forward_backward(nn.LayerNorm(epsilon=epsilon), x),
-                       jax.block_until_ready, ITERATIONS_PER_CALL),
-      'torch': lambda: (_torch_forward_backward(rows, features, epsilon), lambda out: out, 1),
-  }
-  results = []
-  for name in contenders:
-    call, sync, passes = calls[name]()
-    seconds = time_per_call(call, sync, repeats=repeats) / passes
-    results.append({'contender': name, 'shape': [rows, features], 'seconds_per_call': seconds,
-                    'gb_per_s': nbytes / seconds / 1e9})
-  return results
+  module = (layers.LayerNorm(epsilon=epsilon) if name == 'ln_jax'
+            else nn.LayerNorm(epsilon=epsilon))
+  return _jax_passes(module, x), jax.block_until_ready
+
+
+def layer_norm_bytes(rows: int, features: int) -> int:
+  """The bytes a fused forward+backward pass must move on float32 [rows, features]."""
+  return 5 * rows * features * 4

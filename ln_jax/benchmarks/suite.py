@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 
 import jax
 
 from ln_jax.training import rundir
-from ln_jax.benchmarks import cells
+from ln_jax.benchmarks import isolated
 from ln_jax.benchmarks import layers
 from ln_jax.benchmarks import load_config
 from ln_jax.benchmarks import roofline
 from ln_jax.benchmarks import training
 
 PI_MNIST = os.path.join('configs', 'pi_mnist.py')
+SEQ_MNIST = os.path.join('configs', 'seq_mnist.py')
 # (batch size, competitor, least ln_jax / competitor steps/s ratio) the project aims for.
-SPEED_TARGETS = ((4, 'jit_loop', 1.5), (4, 'torch', 4.0), (128, 'jit_loop', 1.0))
+SPEED_TARGETS = ((4, 'flax_scan', 0.9), (4, 'jit_loop', 1.2), (128, 'jit_loop', 1.0))
 NORM_PARITY = 0.15  # BN and no-norm runs within 15% of LN's speed
 PARITY_NORMS = ('batch', 'none')
+# Recurrent step time over the plain LSTM's that the normalized cells aim for.
+CELL_TARGETS = {'layer': 1.25, 'batch': 1.6}
+MLP_CONTENDERS = ('ln_jax', 'flax_scan', 'jit_loop', 'torch')
+MLP_PEER_NORMS = {'torch': training.TorchRunner.NORMS, 'flax_scan': ('layer', 'none')}
+LN_SHAPES = ((8192, 1000), (64, 512))  # a layer of the paper's MLP at large batch; the LN-LSTM's
 
 
 def machine() -> dict:
@@ -60,53 +65,55 @@ def mlp_config(norm: str, batch_size: int, overrides: str = ''):
 def run_training(batch_sizes, norms, contenders, *, steps: int, rounds: int, warmup_steps: int,
                  overrides: str = '', num_examples: int = training.NUM_TRAIN,
                  variants: tuple[str, ...] = ()) -> list[dict]:
-  """Steps/s of every (contender, norm) at each batch size, all interleaved per batch size.
+  """Steps/s of every (contender, norm) at each batch size, each contender in its own process.
 
-  Each is timed over min(`steps`, one epoch) steps; `steps=0` means one epoch. Each of
-  `variants` (config overrides, 'key=value,...') adds an ln_jax contender named
-  'ln_jax[<variant>]', so the effect of a config key is measured in the same rounds.
+  The contenders of one (batch size, norm) run in interleaved rounds of about `steps / rounds`
+  steps each (min(`steps`, one epoch); `steps=0`: one epoch). Each of `variants` (config
+  overrides, 'key=value,...') adds an ln_jax contender named 'ln_jax[<variant>]'. ln_jax's row
+  has the bound: XLA's bytes per step at the bandwidth of a working set of the step's size.
   """
-  images, labels = training.make_dataset(num_examples)
-  stream_gbs = roofline.stream_gb_per_s() if 'ln_jax' in contenders or variants else None
   rows = []
   for batch_size in batch_sizes:
-    runners = {}
     for norm in norms:
-      config = mlp_config(norm, batch_size, overrides)
-      for name in contenders:
-        if name == 'torch' and norm not in training.TorchRunner.NORMS:
-          continue  # listed in the report as missing, not an error
-        runners[(name, norm)] = training.RUNNERS[name](config, images, labels)
-      for variant in variants:
-        variant_config = mlp_config(norm, batch_size, ','.join(filter(None, (overrides, variant))))
-        runners[(f'ln_jax[{variant}]', norm)] = training.FusedRunner(variant_config, images,
-                                                                      labels)
-    epoch = len(labels) // batch_size
-    measured = training.measure(runners, min(steps, epoch) if steps else epoch, rounds,
-                                warmup_steps)
-    for (name, norm), result in measured.items():
-      row = {'batch_size': batch_size, 'norm': norm, 'contender': name,
-             'steps_per_s': result['steps_per_s'],
-             'examples_per_s': result['steps_per_s'] * batch_size,
-             'rounds': result['rounds'], 'steps': result['steps'],
-             'cpu_per_wall': result['cpu_per_wall']}
-      if isinstance(runners[(name, norm)], training.FusedRunner):
-        row['bytes_per_step'] = runners[(name, norm)].bytes_per_step()
-        row['stream_gb_per_s'] = stream_gbs
-        row['bound_steps_per_s'] = stream_gbs * 1e9 / row['bytes_per_step']
-        row['of_bound'] = row['steps_per_s'] / row['bound_steps_per_s']
-      rows.append(row)
-    del runners
+      specs = {}
+      names = [(c, '') for c in contenders] + [(f'ln_jax[{v}]', v) for v in variants]
+      for name, variant in names:
+        contender = 'ln_jax' if variant else name
+        if norm not in MLP_PEER_NORMS.get(contender, (norm,)):
+          continue  # a peer without this normalizer
+        arg = ','.join(filter(None, (f'norm={norm}', f'batch_size={batch_size}', overrides,
+                                     variant)))
+        specs[name] = {'kind': 'mlp', 'contender': contender, 'config': PI_MNIST,
+                       'overrides': arg, 'num_examples': num_examples,
+                       'warmup_steps': warmup_steps, 'bound': name == 'ln_jax'}
+      total = min(steps, num_examples // batch_size) if steps else num_examples // batch_size
+      measured = isolated.interleave(specs, max(1, total // rounds), rounds)
+      for name, result in measured.items():
+        row = {'batch_size': batch_size, 'norm': norm, 'contender': name,
+               'steps_per_s': result['median'],
+               'examples_per_s': result['median'] * batch_size,
+               'rounds': result['rates'], 'cpu_per_wall': result['cpu_per_wall']}
+        info = result['info']
+        if 'bytes_per_step' in info:
+          row.update(info)
+          row['bound_steps_per_s'] = info['stream_gb_per_s'] * 1e9 / info['bytes_per_step']
+          row['of_bound'] = row['steps_per_s'] / row['bound_steps_per_s']
+        rows.append(row)
   return rows
 
 
 def _paired_ratio(a: dict, b: dict) -> float:
+  return _paired(a, b)['median']
+
+
+def _paired(a: dict, b: dict) -> dict:
   """a's speed over b's: the median over rounds of the ratio within each round where both rows
   have per-round rates (their windows ran back to back, so a load change on a shared machine
   hits both), else the ratio of the medians."""
   if a.get('rounds') and b.get('rounds') and len(a['rounds']) == len(b['rounds']):
-    return statistics.median(x / y for x, y in zip(a['rounds'], b['rounds']))
-  return a['steps_per_s'] / b['steps_per_s']
+    return isolated.paired(a['rounds'], b['rounds'])
+  ratio = a['steps_per_s'] / b['steps_per_s']
+  return {'median': ratio, 'min': ratio, 'max': ratio}
 
 
 def training_ratios(rows: list[dict]) -> list[dict]:
@@ -124,9 +131,11 @@ def training_ratios(rows: list[dict]) -> list[dict]:
     if ours is None:
       continue
     target = targets.get((batch_size, name))
-    ratio = _paired_ratio(row_of[(batch_size, norm, 'ln_jax')], row_of[(batch_size, norm, name)])
+    pair = _paired(row_of[(batch_size, norm, 'ln_jax')], row_of[(batch_size, norm, name)])
+    ratio = pair['median']
     out.append({'what': f'ln_jax / {name}', 'batch_size': batch_size, 'norm': norm,
-                'ratio': ratio, 'target': f'>= {target}' if target else None,
+                'ratio': ratio, 'spread': f"{pair['min']:.2f}-{pair['max']:.2f}",
+                'target': f'>= {target}' if target else None,
                 'met': None if target is None else ratio >= target})
     if target and (batch_size, norm) in bound:  # could any step of these bytes reach it?
       out.append({'what': f'bound / {name}', 'batch_size': batch_size, 'norm': norm,
@@ -143,24 +152,63 @@ def training_ratios(rows: list[dict]) -> list[dict]:
   return out
 
 
-def run_layer_norm(rows: int, features: int, include_torch: bool, repeats: int,
-                   peak_gbs: float = 0.0) -> list[dict]:
-  results = layers.measure_layer_norm(rows, features,
-                                      layers.layer_norm_contenders(include_torch), repeats=repeats)
-  for result in results:
-    if peak_gbs > 0:
-      result['fraction_of_peak'] = result['gb_per_s'] / peak_gbs
-  return results
+def run_layer_norm(shapes, contenders, rounds: int, peak_gbs: float = 0.0) -> list[dict]:
+  """GB/s of each contender's forward+backward at each [rows, features] shape, own processes."""
+  out = []
+  for rows, features in shapes:
+    size = rows * features
+    calls = max(2, min(1000, int(2e7 / size)))  # about half a second at 10 GB/s
+    specs = {name: {'kind': 'layer_norm', 'contender': name, 'rows': rows, 'features': features}
+             for name in contenders}
+    measured = isolated.interleave(specs, calls, rounds)
+    nbytes = layers.layer_norm_bytes(rows, features)
+    for name, result in measured.items():
+      row = {'contender': name, 'shape': [rows, features], 'rounds': result['rates'],
+             'seconds_per_pass': 1.0 / result['median'],
+             'gb_per_s': result['median'] * nbytes / 1e9, 'cpu_per_wall': result['cpu_per_wall']}
+      if name != 'ln_jax' and 'ln_jax' in measured:
+        pair = isolated.paired(measured['ln_jax']['rates'], result['rates'])
+        row['ln_jax_over_this'] = pair['median']
+        row['spread'] = f"{pair['min']:.2f}-{pair['max']:.2f}"
+      if peak_gbs > 0:
+        row['fraction_of_peak'] = row['gb_per_s'] / peak_gbs
+      out.append(row)
+  return out
 
 
-def run_cells(batch_size: int, *, steps: int, rounds: int, warmup_steps: int,
-              variant: str = 'rows', extra: str = '') -> dict:
-  reason = cells.missing()
-  if reason is not None:
-    return {'skipped': reason}
-  images, labels = training.make_dataset()
-  return cells.measure_cells(variant, batch_size, images, labels, steps=steps, rounds=rounds,
-                             warmup_steps=warmup_steps, extra=extra)
+def run_cells(variants, contenders, *, steps: dict, rounds: int, warmup_steps: int,
+              batch_size: int = 64, extra: str = '', num_examples: int = 6400) -> list[dict]:
+  """Training steps/s of the recurrent classifier: ln_jax's LSTM, LN-LSTM and BN-LSTM
+  ('ln_jax:<norm>'), the same with `lstm_kernel`'s backward pass ('kernel:<norm>') and
+  `torch.nn.LSTM`, each in its own process; step times relative to ln_jax's plain LSTM."""
+  out = []
+  for variant in variants:
+    specs = {}
+    for name in contenders:
+      norm = name.split(':')[1] if ':' in name else 'none'
+      arg = ','.join(filter(None, (variant, f'norm={norm}', f'batch_size={batch_size}', extra)))
+      runner = name.split(':')[0]
+      specs[name] = {'kind': 'cell', 'contender': 'ln_jax' if runner == 'kernel' else runner,
+                     'config': SEQ_MNIST, 'overrides': arg, 'num_examples': num_examples,
+                     'warmup_steps': warmup_steps,
+                     # 'kernel:<norm>': ln_jax with lstm_kernel's backward pass for that norm
+                     'lstm_kernel': [norm] if runner == 'kernel' else []}
+    measured = isolated.interleave(specs, max(1, steps[variant] // rounds), rounds)
+    plain = measured.get('ln_jax:none')
+    for name, result in measured.items():
+      row = {'variant': variant, 'contender': name, 'batch_size': batch_size,
+             'steps_per_s': result['median'], 'ms_per_step': 1e3 / result['median'],
+             'rounds': result['rates'], 'cpu_per_wall': result['cpu_per_wall']}
+      if plain is not None and name != 'ln_jax:none':
+        pair = isolated.paired(plain['rates'], result['rates'])  # step time over the plain's
+        row['vs_plain'] = pair['median']
+        row['spread'] = f"{pair['min']:.2f}-{pair['max']:.2f}"
+        norm = name.split(':')[1] if name.startswith('ln_jax:') else None
+        if norm in CELL_TARGETS:
+          row['target'] = f'<= {CELL_TARGETS[norm]}'
+          row['met'] = pair['median'] <= CELL_TARGETS[norm]
+      out.append(row)
+  return out
 
 
 def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -184,10 +232,11 @@ def report(results: dict) -> str:
     rows = [dict(r, mb_per_step=r['bytes_per_step'] / 1e6) if 'bytes_per_step' in r else r
             for r in results['training']]
     stream = next((r['stream_gb_per_s'] for r in rows if r.get('stream_gb_per_s')), None)
-    bandwidth = (f'; bound: XLA\'s bytes per step at the {stream:.1f} GB/s a streaming kernel '
-                 'reached, all from memory (caches can beat it)' if stream else '')
+    bandwidth = (f"; bound: XLA's bytes per step at the {stream:.1f} GB/s a stream over a "
+                 "working set of the step's state reached" if stream else '')
     parts += [f"\nTraining throughput, MLP {results['model']}, Adam "
-              f"(median of {results['options']['rounds']} interleaved rounds{bandwidth})",
+              f"(each in its own process, median of {results['options']['rounds']} interleaved "
+              f"rounds{bandwidth})",
               table(rows, [('batch', 'batch_size', 'd'), ('norm', 'norm', 's'),
                            ('contender', 'contender', 's'), ('steps/s', 'steps_per_s', '.1f'),
                            ('examples/s', 'examples_per_s', '.0f'),
@@ -198,27 +247,32 @@ def report(results: dict) -> str:
               table(results['training_ratios'],
                         [('ratio', 'what', 's'), ('batch', 'batch_size', 'd'),
                          ('norm', 'norm', 's'), ('value', 'ratio', '.2f'),
+                         ('spread', 'spread', 's'),
                          ('target', 'target', 's'), ('met', 'met', '')])]
-  if 'layer_norm' in results:
-    columns = [('LayerNorm fwd+bwd', 'contender', 's'), ('ms/call', 'ms_per_call', '.3f'),
-               ('GB/s', 'gb_per_s', '.2f')]
+  if results.get('layer_norm'):
+    columns = [('LayerNorm fwd+bwd', 'contender', 's'), ('shape', 'shape_text', 's'),
+               ('us/pass', 'us_per_pass', '.1f'), ('GB/s', 'gb_per_s', '.2f'),
+               ('ln_jax / this', 'ln_jax_over_this', '.2f'), ('spread', 'spread', 's')]
     if any('fraction_of_peak' in r for r in results['layer_norm']):
       columns.append(('of peak', 'fraction_of_peak', '.1%'))
-    rows = [dict(r, ms_per_call=1e3 * r['seconds_per_call']) for r in results['layer_norm']]
-    parts += [f"\nLayerNorm forward+backward, float32 {results['layer_norm'][0]['shape']} "
-              '(bytes = 5 x input size)', table(rows, columns)]
-  if 'cells' in results:
-    c = results['cells']
-    if 'rows' in c and c['rows']:
-      parts += ['\nRecurrent training steps (seq_mnist)',
-                table(c['rows'], [('norm', 'norm', 's'), ('cell', 'cell', 's'),
-                                  ('hidden', 'hidden_size', ''), ('batch', 'batch_size', 'd'),
-                                  ('ms/step', 'ms_per_step', '.2f'),
-                                  ('x plain', 'vs_none', '.2f')])]
-    for norm, reason in c.get('skipped', {}).items() if isinstance(c.get('skipped'), dict) else []:
-      parts.append(f'recurrent {norm}: skipped ({reason})')
-    if isinstance(c.get('skipped'), str):
-      parts.append(f"\nRecurrent cells: skipped ({c['skipped']})")
+    rows = [dict(r, us_per_pass=1e6 * r['seconds_per_pass'],
+                 shape_text='x'.join(map(str, r['shape']))) for r in results['layer_norm']]
+    parts += ['\nLayerNorm forward+backward, float32, each in its own process (bytes = 5 x input '
+              'size per pass; ratios paired by round)', table(rows, columns)]
+  if results.get('cells'):
+    parts += ['\nRecurrent training steps (seq_mnist, LSTM 128 units, Adam; each in its own '
+              'process; "x plain": step time over ln_jax\'s plain LSTM, paired by round)',
+              table(results['cells'], [('variant', 'variant', 's'), ('contender', 'contender', 's'),
+                                       ('batch', 'batch_size', 'd'),
+                                       ('ms/step', 'ms_per_step', '.2f'),
+                                       ('x plain', 'vs_plain', '.2f'), ('spread', 'spread', 's'),
+                                       ('target', 'target', 's'), ('met', 'met', '')])]
+  if results.get('real_run'):
+    parts += ['\nReal runs (scripts/train.py; steps_per_s of metrics.jsonl, windows after the '
+              'first)', table(results['real_run'], [('run', 'name', 's'),
+                                                    ('steps/s', 'steps_per_s', '.1f'),
+                                                    ('ms/step', 'ms_per_step', '.2f'),
+                                                    ('windows', 'windows', 'd')])]
   return '\n'.join(parts)
 
 

@@ -58,6 +58,10 @@ class FusedRunner:
     self._step, self._epoch, self._order = 0, -1, None
     self._totals = parallel.replicate(resume.empty_window(), self._mesh)
 
+  def state_bytes(self) -> int:
+    """Bytes of the parameters and optimizer state: the working set every step reads."""
+    return sum(leaf.nbytes for leaf in jax.tree.leaves(self._state) if hasattr(leaf, 'nbytes'))
+
   def bytes_per_step(self) -> float:
     """XLA's count of the bytes one training step accesses (see `roofline`)."""
     batch_size = self._config.batch_size

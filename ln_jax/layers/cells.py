@@ -36,6 +36,7 @@ import numpy as np
 
 from ln_jax.layers import batch_renorm
 from ln_jax.layers import group_norm
+from ln_jax.layers import lstm_kernel
 from ln_jax.layers import statistics
 
 CELLS = ('lstm', 'gru', 'rnn')
@@ -319,6 +320,9 @@ class RecurrentLayer(nn.Module):
     h0 = (jnp.zeros((batch, hidden)) if initial_h is None
           else jnp.broadcast_to(jnp.asarray(initial_h, jnp.float32), (batch, hidden)))
     carry = (h0, jnp.zeros((batch, hidden))) if self.cell == 'lstm' else h0
+    if lstm_kernel.applies(self.cell, fns, mask_TxB, self.dtype):  # hand-written backward
+      h_TxBxH, final = lstm_kernel.lstm_layer(fns, ax_TxBxF, kernel_h, bias, carry)
+      return jnp.swapaxes(h_TxBxH, 0, 1), final
     eval_stats = {name: fn.eval_stats for name, fn in fns.items()}
     final, (h_TxBxH, batch_stats) = _scan(step, carry, (ax_TxBxF, eval_stats), mask_TxB)
     for name, module in modules.items():
