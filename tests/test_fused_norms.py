@@ -36,7 +36,7 @@ def _max_relative(a, b):
 
 
 @pytest.mark.parametrize('make,num_axes', [
-    (lambda: layers.LayerNorm(), 1), (lambda: layers.LayerNorm(reduction_axes=(1, 2)), 2),
+    (lambda: layers.LayerNorm(), 1), (lambda: layers.LayerNorm(reduction_axes=(1, 2), feature_axes=(1, 2)), 2),
     (lambda: layers.RMSNorm(use_bias=True), 1), (lambda: layers.LayerNorm(use_scale=False), 1)])
 def test_custom_vjp_matches_autodiff_of_the_reference(make, num_axes):
   x = jax.random.normal(jax.random.PRNGKey(1), (16, 6, 10)) * 3.0 + 0.5

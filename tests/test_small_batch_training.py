@@ -84,7 +84,8 @@ def _final_state(config, workdir):
   model = models.create_model(config)
   state = train.create_train_state(config, model, jax.random.PRNGKey(1),
                                    np.zeros((1, 784), np.uint8))
-  return resume.restore(checkpoint.manager(str(workdir), 2), state)[0]
+  mngr = checkpoint.manager(str(workdir), 2)
+  return resume.restore(mngr, mngr.latest_step(), state)[0]
 
 
 @pytest.fixture(scope='module')

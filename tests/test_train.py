@@ -53,7 +53,8 @@ def test_final_checkpoint_restores_the_trained_state(tmp_path, tiny_config):
   model = models.create_model(tiny_config)
   state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(1),
                                    np.zeros((1, 784), np.uint8))
-  restored_state, _ = resume.restore(checkpoint.manager(str(tmp_path), 2), state)
+  mngr = checkpoint.manager(str(tmp_path), 2)
+  restored_state, _ = resume.restore(mngr, mngr.latest_step(), state)
   assert int(restored_state.step) == final['step']
   test = data.load_splits(tiny_config.data, tiny_config.seed)['test']
   metrics = train.evaluate(restored_state, test.images, test.labels, batch_size=64)
