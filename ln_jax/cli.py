@@ -24,11 +24,7 @@ def prepare_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and checks that a run can be written there."""
   from ln_jax.training import resume  # imports JAX: keep flag errors fast
   resume.check_workdir(workdir)
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise UserError(f'cannot create workdir {workdir} ({e.strerror}); choose another '
-                    '--workdir') from None
+  resume.make_workdir(workdir)
 
 
 def _one_line(error: BaseException) -> str:
