@@ -48,7 +48,7 @@ def test_peers_without_a_normalizer_are_left_out():
 
 
 def test_recurrent_benchmark_compares_the_cells_with_the_plain_lstm():
-  contenders = ['ln_jax:none', 'ln_jax:layer', 'kernel:none'] + (
+  contenders = ['ln_jax:none', 'ln_jax:layer', 'scan:none'] + (
       ['torch_lstm'] if training.torch_available() else [])
   rows = suite.run_cells(['rows'], contenders, steps={'rows': 2}, rounds=2, warmup_steps=1,
                          batch_size=4, extra='model.hidden_size=8', num_examples=64)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ln_jax import layers
+from ln_jax.layers import fused_norms
 
 PASSES_PER_CALL = 10
 
@@ -91,7 +92,19 @@ def _torch_passes(rows: int, features: int, epsilon: float):
   return call
 
 
-CONTENDERS = ('ln_jax', 'flax', 'torch')
+class ClosedFormLayerNorm(nn.Module):
+  """LN with `fused_norms.layer_norm`'s closed-form backward pass, LayerNorm's parameters."""
+  epsilon: float = layers.DEFAULT_EPSILON
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],))
+    return fused_norms.layer_norm(x, scale, bias, epsilon=self.epsilon)
+
+
+CONTENDERS = ('ln_jax', 'flax', 'torch', 'closed_form')
+JAX_MODULES = {'ln_jax': layers.LayerNorm, 'flax': nn.LayerNorm, 'closed_form': ClosedFormLayerNorm}
 
 
 def pass_callable(name: str, rows: int, features: int,
@@ -100,9 +113,7 @@ def pass_callable(name: str, rows: int, features: int,
   if name == 'torch':
     return _torch_passes(rows, features, epsilon), lambda out: out
   x = jax.random.normal(jax.random.PRNGKey(2), (rows, features), jnp.float32)
-  module = (layers.LayerNorm(epsilon=epsilon) if name == 'ln_jax'
-            else nn.LayerNorm(epsilon=epsilon))
-  return _jax_passes(module, x), jax.block_until_ready
+  return _jax_passes(JAX_MODULES[name](epsilon=epsilon), x), jax.block_until_ready
 
 
 def layer_norm_bytes(rows: int, features: int) -> int:

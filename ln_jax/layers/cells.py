@@ -17,7 +17,9 @@ One `RecurrentLayer` runs a whole sequence with `lax.scan`. The normalization (`
   counter for the r_max/d_max warm-up.
 
 Speed: W_x x is computed for every step at once before the scan, which does one fused matmul
-per step. With LN the kernels are re-centred per normalized group of units first (LN's output
+per step. Float32 LSTMs without padding (plain, LN, and BN with batch statistics) run
+`lstm_kernel`, a hand-written backward pass over the whole sequence; the other cells and cases
+use autodiff of the scan. With LN the kernels are re-centred per normalized group of units first (LN's output
 is invariant to that, paper Table 1), so each LN of a projection needs its variance only.
 Statistics are float32. Kernels are stored as [inputs, units] with the gate blocks side by side
 in the order above.
@@ -37,6 +39,7 @@ import numpy as np
 from ln_jax.layers import batch_renorm
 from ln_jax.layers import group_norm
 from ln_jax.layers import lstm_kernel
+from ln_jax.layers import projection
 from ln_jax.layers import statistics
 
 CELLS = ('lstm', 'gru', 'rnn')
@@ -298,10 +301,12 @@ class RecurrentLayer(nn.Module):
 
     cast = lambda v: jnp.asarray(v, self.dtype)
     # The input projection of every step at once, time-major (transposing the small input, not
-    # the wide output). Its normalization stays in the scan: measured faster on CPU than
-    # normalizing [T, B, 4H] at once, whose backward pass XLA fuses into a slow transpose.
-    ax_TxBxF = jnp.dot(cast(jnp.swapaxes(x_BxTxD, 0, 1)), cast(kernel_x),
-                       preferred_element_type=jnp.float32)
+    # the wide output). In the scan below its normalization is done step by step; the LSTM
+    # kernel (`lstm_kernel`) normalizes all steps at once instead (measured faster there).
+    x_TxBxD = cast(jnp.swapaxes(x_BxTxD, 0, 1))
+    ax_TxBxF = jnp.reshape(projection.input_projection(
+        jnp.reshape(x_TxBxD, (-1, x_TxBxD.shape[-1])), cast(kernel_x)),
+        (num_steps, batch, units))
     mask_TxB = None if mask_BxT is None else jnp.asarray(mask_BxT, jnp.float32).T
     recurrent = lambda h: jnp.dot(cast(h), cast(kernel_h), preferred_element_type=jnp.float32)
     cell_step = _STEPS[self.cell]
@@ -321,7 +326,9 @@ class RecurrentLayer(nn.Module):
           else jnp.broadcast_to(jnp.asarray(initial_h, jnp.float32), (batch, hidden)))
     carry = (h0, jnp.zeros((batch, hidden))) if self.cell == 'lstm' else h0
     if lstm_kernel.applies(self.cell, fns, mask_TxB, self.dtype):  # hand-written backward
-      h_TxBxH, final = lstm_kernel.lstm_layer(fns, ax_TxBxF, kernel_h, bias, carry)
+      h_TxBxH, final, batch_stats = lstm_kernel.lstm_layer(fns, ax_TxBxF, kernel_h, bias, carry)
+      for name, stats in batch_stats.items():
+        modules[name].update(jax.lax.stop_gradient(stats))
       return jnp.swapaxes(h_TxBxH, 0, 1), final
     eval_stats = {name: fn.eval_stats for name, fn in fns.items()}
     final, (h_TxBxH, batch_stats) = _scan(step, carry, (ax_TxBxF, eval_stats), mask_TxB)
