@@ -1,6 +1,6 @@
 """Speed benchmark: ln_jax against its peers, each in its own process, in interleaved rounds.
 
-  python scripts/bench.py                      # everything (sized for ~7 minutes on 2 cores)
+  python scripts/bench.py                      # everything (about 11 minutes on 2 quiet cores)
   python scripts/bench.py --quick --output=/tmp/bench_quick.json   # a smoke run
 
 Parts: `training` (the paper's MLP at batch 4 with LN: ln_jax, a hand-fused Flax lax.scan loop,

@@ -3,7 +3,6 @@ a non-finite loss stops the run naming the step and the last good checkpoint, or
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib.util
 import math
 import os
@@ -257,18 +256,11 @@ def _run_case(name: str, folder: pathlib.Path) -> dict:
   return {'returncode': proc.returncode, 'stderr': proc.stderr, 'touched': before != after}
 
 
-@pytest.fixture(scope='module')
-def results(tmp_path_factory) -> dict:
-  """All the cases at once, two at a time: each is a few seconds of imports."""
-  root = tmp_path_factory.mktemp('errors')
-  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-    futures = {name: pool.submit(_run_case, name, root / name) for name in CASES}
-  return {name: future.result() for name, future in futures.items()}
-
-
 @pytest.mark.parametrize('name', sorted(CASES))
-def test_bad_input_gets_one_error_line_and_changes_nothing(results, name):
-  result, expected = results[name], CASES[name][1]
+def test_bad_input_gets_one_error_line_and_changes_nothing(tmp_path, name):
+  # One case per test, so that pytest-xdist spreads the cases (each a few seconds of imports)
+  # over its workers instead of every worker running all of them.
+  result, expected = _run_case(name, tmp_path / name), CASES[name][1]
   lines = result['stderr'].strip().splitlines()
   assert result['returncode'] == 2, result['stderr'][-2000:]
   assert 'Traceback' not in result['stderr']

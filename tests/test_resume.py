@@ -101,10 +101,17 @@ def test_ctrl_c_saves_mid_window_and_resume_matches(reference, tmp_path, monkeyp
     return out
 
   monkeypatch.setattr(train, 'train_steps', train_steps_then_ctrl_c)
-  with pytest.raises(Interrupted, match=f'SIGINT at step 25/{TOTAL_STEPS}') as stopped:
-    train.train_and_evaluate(_config(), str(tmp_path))
+  # Python's own SIGINT handler whatever the process inherited (a shell running it in the
+  # background hands it SIGINT ignored), put back afterwards.
+  inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(Interrupted, match=f'SIGINT at step 25/{TOTAL_STEPS}') as stopped:
+      train.train_and_evaluate(_config(), str(tmp_path))
+    restored = signal.getsignal(signal.SIGINT)
+  finally:
+    signal.signal(signal.SIGINT, inherited)
   assert stopped.value.signum == signal.SIGINT
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+  assert restored is signal.default_int_handler  # handlers restored
   mngr = checkpoint.manager(str(tmp_path), 3)
   assert mngr.latest_step() == 25
   assert [r['step'] for r in rundir.read_metrics(str(tmp_path))] == [10, 20]

@@ -140,6 +140,34 @@ def test_group_norm_with_one_group_is_layer_norm():
   np.testing.assert_array_equal(gn.apply(gn_vars, x), ln.apply(ln_vars, x))
 
 
+def test_group_norm_statistics_cover_only_the_masked_in_entries():
+  rng = np.random.default_rng(6)
+  x = rng.normal(2.0, 3.0, (3, 12)).astype(np.float32)
+  feature_mask = np.ones((3, 12), bool)
+  feature_mask[0, [1, 2, 7]] = False
+  feature_mask[2, 6:] = False  # a whole group of row 2
+  x_padded = np.where(feature_mask, x, np.nan)
+  gn = layers.GroupNorm(num_groups=2)
+  variables = gn.init(jax.random.PRNGKey(0), x)
+  y = np.asarray(gn.apply(variables, x_padded, mask=feature_mask))
+  for row in range(3):
+    for group in range(2):
+      cols = np.arange(6 * group, 6 * group + 6)
+      real = cols[feature_mask[row, cols]]
+      if real.size == 0:
+        np.testing.assert_array_equal(y[row, cols], 0.0)  # the bias: no statistics to use
+        continue
+      values = x[row, real].astype(np.float64)
+      expected = (values - values.mean()) / np.sqrt(values.var() + 1e-5)
+      np.testing.assert_allclose(y[row, real], expected, rtol=1e-5, atol=1e-5)
+  # A padding mask of examples leaves the real examples as they are without it.
+  example_mask = np.array([[True], [False], [True]])
+  y_examples = np.asarray(gn.apply(variables, x, mask=example_mask))
+  np.testing.assert_allclose(y_examples[[0, 2]], np.asarray(gn.apply(variables, x))[[0, 2]],
+                             rtol=1e-6, atol=1e-6)
+  assert np.all(np.isfinite(y_examples))
+
+
 def test_group_norm_refuses_groups_that_do_not_divide_the_units():
   with pytest.raises(ValueError, match='10 units cannot be split into 4 groups'):
     layers.GroupNorm(num_groups=4).init(jax.random.PRNGKey(0), np.zeros((2, 10)))

@@ -20,14 +20,22 @@ from ln_jax.layers import statistics
 DEFAULT_GROUPS = 8
 
 
-def group_normalize(x, num_groups: int, epsilon: float, use_fast_variance: bool = False):
-  """(x - mu_g) / sqrt(var_g + eps) over `num_groups` groups of the last axis, per example."""
+def group_normalize(x, num_groups: int, epsilon: float, use_fast_variance: bool = False,
+                    mask=None):
+  """(x - mu_g) / sqrt(var_g + eps) over `num_groups` groups of the last axis, per example.
+
+  `mask` (broadcastable to x, True for real entries) leaves the other entries out of each
+  group's statistics, as LayerNorm's does; a group with no real entry outputs 0.
+  """
   features = x.shape[-1]
   if features % num_groups:
     raise ValueError(f'{features} units cannot be split into {num_groups} groups')
-  x_g = jnp.reshape(x, x.shape[:-1] + (num_groups, features // num_groups))
+  grouped = lambda v: jnp.reshape(v, x.shape[:-1] + (num_groups, features // num_groups))
+  x_g = grouped(x)
+  if mask is not None:
+    mask = grouped(jnp.broadcast_to(jnp.asarray(mask, bool), x.shape))
   centered, _, var, _ = statistics.centered_moments(
-      x_g, (x_g.ndim - 1,), use_fast_variance=use_fast_variance)
+      x_g, (x_g.ndim - 1,), mask=mask, use_fast_variance=use_fast_variance)
   return jnp.reshape(centered * lax.rsqrt(var + epsilon), x.shape)
 
 
@@ -44,8 +52,9 @@ class GroupNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None):
-    del mask  # per-example statistics: padding elsewhere cannot reach them
-    y = group_normalize(x, self.num_groups, self.epsilon, self.use_fast_variance)
+    """`mask` (broadcastable to x, True for real entries): statistics over those only; a
+    padding mask of examples ([B, 1]) leaves the real examples unchanged."""
+    y = group_normalize(x, self.num_groups, self.epsilon, self.use_fast_variance, mask)
     y = statistics.affine(self, y, (x.shape[-1],), self.use_scale, self.use_bias,
                           self.scale_init, self.bias_init, self.param_dtype)
     return y.astype(x.dtype)
