@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ln_jax.benchmarks import training
+
 
 class _FlaxMLP(nn.Module):
   hidden_sizes: tuple[int, ...]
@@ -115,26 +117,20 @@ class TorchLSTMRunner:
     self._images = torch.from_numpy(np.asarray(images))
     self._labels = torch.from_numpy(np.asarray(labels, np.int64))
     self._batch_size = config.batch_size
-    self._generator = torch.Generator().manual_seed(config.seed)
-    self._steps_per_epoch = len(labels) // config.batch_size
-    self._position, self._perm = 0, None
+    self._batches = training.TorchBatches(torch, len(labels), config.batch_size, config.seed)
 
   def run(self, num_steps: int) -> int:
     torch = self._torch
-    b = self._batch_size
     for _ in range(num_steps):
-      if self._position == 0:
-        self._perm = torch.randperm(len(self._labels), generator=self._generator)
-      idx = self._perm[self._position * b:(self._position + 1) * b]
+      idx = self._batches.next()
       x = self._images[idx].float().div_(255.0).mul_(2.0).sub_(1.0)
-      out, _ = self._lstm(x.reshape(b, -1, self._pixels))
+      out, _ = self._lstm(x.reshape(self._batch_size, -1, self._pixels))
       loss = torch.nn.functional.cross_entropy(self._readout(out[:, -1]), self._labels[idx])
       self._optimizer.zero_grad(set_to_none=True)
       loss.backward()
       if self._clip:
         torch.nn.utils.clip_grad_norm_(self._parameters, self._clip)
       self._optimizer.step()
-      self._position = (self._position + 1) % self._steps_per_epoch
     return num_steps
 
   def warmup(self, num_steps: int) -> None:

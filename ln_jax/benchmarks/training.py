@@ -132,6 +132,25 @@ class JitLoopRunner:
     self.run(num_steps)
 
 
+class TorchBatches:
+  """Batch indices in a fresh seeded `torch.randperm` order each epoch (PyTorch's DataLoader
+  shuffling, without its worker processes), for the PyTorch contenders."""
+
+  def __init__(self, torch, num_examples: int, batch_size: int, seed: int):
+    self._torch, self._num_examples, self._batch_size = torch, num_examples, batch_size
+    self._generator = torch.Generator().manual_seed(seed)
+    self._steps_per_epoch = num_examples // batch_size
+    self._position, self._perm = 0, None
+
+  def next(self):
+    if self._position == 0:
+      self._perm = self._torch.randperm(self._num_examples, generator=self._generator)
+    b = self._batch_size
+    idx = self._perm[self._position * b:(self._position + 1) * b]
+    self._position = (self._position + 1) % self._steps_per_epoch
+    return idx
+
+
 class TorchRunner:
   """PyTorch eager on the CPU: the same layers, initial learning rate and Adam."""
 
@@ -161,10 +180,7 @@ class TorchRunner:
     self._optimizer = torch.optim.Adam(self._model.parameters(), lr=config.learning_rate)
     self._images = torch.from_numpy(images)
     self._labels = torch.from_numpy(labels.astype(np.int64))
-    self._batch_size = config.batch_size
-    self._generator = torch.Generator().manual_seed(config.seed)
-    self._steps_per_epoch = len(labels) // config.batch_size
-    self._position, self._perm = 0, None
+    self._batches = TorchBatches(torch, len(labels), config.batch_size, config.seed)
 
   def _norm(self, config, width):
     nn = self._torch.nn
@@ -175,17 +191,13 @@ class TorchRunner:
 
   def run(self, num_steps: int) -> int:
     torch = self._torch
-    b = self._batch_size
     for _ in range(num_steps):
-      if self._position == 0:
-        self._perm = torch.randperm(len(self._labels), generator=self._generator)
-      idx = self._perm[self._position * b:(self._position + 1) * b]
+      idx = self._batches.next()
       x = self._images[idx].float().div_(255.0)
       loss = torch.nn.functional.cross_entropy(self._model(x), self._labels[idx])
       self._optimizer.zero_grad(set_to_none=True)
       loss.backward()
       self._optimizer.step()
-      self._position = (self._position + 1) % self._steps_per_epoch
     return num_steps
 
   def warmup(self, num_steps: int) -> None:

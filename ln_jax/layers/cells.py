@@ -19,10 +19,10 @@ One `RecurrentLayer` runs a whole sequence with `lax.scan`. The normalization (`
 Speed: W_x x is computed for every step at once before the scan, which does one fused matmul
 per step. Float32 LSTMs without padding (plain, LN, and BN with batch statistics) run
 `lstm_kernel`, a hand-written backward pass over the whole sequence; the other cells and cases
-use autodiff of the scan. With LN the kernels are re-centred per normalized group of units first (LN's output
-is invariant to that, paper Table 1), so each LN of a projection needs its variance only.
-Statistics are float32. Kernels are stored as [inputs, units] with the gate blocks side by side
-in the order above.
+use autodiff of the scan. With LN the kernels are re-centred per normalized group of units
+first (LN's output is invariant to that, paper Table 1), so each LN of a projection needs its
+variance only. Statistics are float32. Kernels are stored as [inputs, units] with the gate
+blocks side by side in the order above.
 """
 
 from __future__ import annotations
