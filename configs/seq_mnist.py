@@ -30,15 +30,15 @@ def _shared_defaults():
 def get_config(arg=None):
   config = _shared_defaults()
   with config.unlocked():
-    del config.norm_logits                # the MLP's; the classifier's Dense is never normalized
     # 'layer' | 'batch' | 'none' | 'group' | 'batch_renorm': the cell variant
     config.norm = 'layer'
-    config.bn_gamma_init = 0.1            # recurrent BN's (and batch renorm's) gain init
+    config.norm_options.gamma_init = 0.1  # recurrent BN's (and batch renorm's) gain init
     # Recurrent BN evaluates with population statistics of the current weights, per time step
-    # (bn_population_batches training batches). The blank top rows of MNIST make features that
-    # are (almost) constant over the batch; running averages, which lag the changing weights,
-    # miss them by up to hundreds of their standard deviations (see docs/recurrent.md).
-    config.bn_eval_stats = 'population'
+    # (norm_options.population_batches training batches). The blank top rows of MNIST make
+    # features that are (almost) constant over the batch; running averages, which lag the
+    # changing weights, miss them by up to hundreds of their standard deviations (see
+    # docs/recurrent.md).
+    config.norm_options.eval_stats = 'population'
 
     config.model = ml_collections.ConfigDict()
     config.model.name = 'recurrent'
@@ -51,7 +51,6 @@ def get_config(arg=None):
     # 'zeros' | 'input_mean'; None: 'input_mean' for norm=batch, which needs states that differ
     # over the batch from the first step (see ln_jax/models/recurrent.py), 'zeros' otherwise.
     config.model.initial_state = ml_collections.config_dict.placeholder(str)
-    config.model.bn_max_steps = ml_collections.config_dict.placeholder(int)  # T_max; None: T
 
     config.data.permute = False
     config.learning_rate = 2e-3
@@ -93,7 +92,7 @@ def _tiny(config):
   config.eval_every_epochs = 1.0
   config.eval_batch_size = 64
   config.steps_per_call = 8
-  config.bn_population_batches = 4
+  config.norm_options.population_batches = 4
 
 
 PRESETS = {'rows': _rows, 'pixels': _pixels, 'permuted': _permuted, 'tiny': _tiny}

@@ -59,7 +59,7 @@ VARIANTS = {
 
 def _member(norm, batch_size, learning_rate, seed, run):
   return {'norm': norm, 'batch_size': batch_size, 'learning_rate': learning_rate,
-          'bn_unbiased_variance': batch_size == 4,  # as in the paper
+          'norm_options.unbiased_variance': batch_size == 4,  # as in the paper
           'seed': seed, **run}
 
 
@@ -75,11 +75,11 @@ def _grid(variant):
 # statistics of the final weights at each evaluation (Wu & Johnson 2021), Batch Renorm (Ioffe
 # 2017, the paper's r_max/d_max schedule) and Group Norm (8 groups), at batch sizes 128 and 4.
 # Compare with the evaluation statistics as a curve key:
-#   python scripts/compare.py /tmp/f6s --group_by=norm,batch_size,bn_eval_stats
+#   python scripts/compare.py /tmp/f6s --group_by=norm,batch_size,norm_options.eval_stats
 SMALL_BATCH_METHODS = (
     {'norm': 'layer'},
     {'norm': 'batch'},
-    {'norm': 'batch', 'bn_eval_stats': 'population'},
+    {'norm': 'batch', 'norm_options.eval_stats': 'population'},
     {'norm': 'batch_renorm'},
     {'norm': 'group'},
 )
@@ -93,10 +93,11 @@ def small_batch_members(arg):
       'small_batch_quick': (1, {'num_epochs': 5.0, 'eval_every_epochs': 0.5,
                                 'data.train_size': 20000}),
   }[arg]
-  return [{'bn_eval_stats': 'running', **method, 'batch_size': batch_size, 'seed': seed, **run,
+  return [{'norm_options.eval_stats': 'running', **method, 'batch_size': batch_size,
+           'seed': seed, **run,
            'learning_rate': SMALL_BATCH_LEARNING_RATES[batch_size],
-           'bn_unbiased_variance': batch_size == 4,  # the LN paper's BN at batch 4
-           'bn_population_batches': POPULATION_EXAMPLES // batch_size}
+           'norm_options.unbiased_variance': batch_size == 4,  # the LN paper's BN at batch 4
+           'norm_options.population_batches': POPULATION_EXAMPLES // batch_size}
           for batch_size in (128, 4) for method in SMALL_BATCH_METHODS for seed in range(seeds)]
 
 

@@ -16,15 +16,16 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from ln_jax import configlib
 from ln_jax.errors import Interrupted
 from ln_jax.errors import UserError
 
 
 def prepare_workdir(workdir: str) -> None:
   """Creates `workdir` if needed and checks that a run can be written there."""
-  from ln_jax.training import resume  # imports JAX: keep flag errors fast
-  resume.check_workdir(workdir)
-  resume.make_workdir(workdir)
+  from ln_jax.training import workdir as workdir_lib  # imports JAX: keep flag errors fast
+  workdir_lib.check_workdir(workdir)
+  workdir_lib.make_workdir(workdir)
 
 
 def _one_line(error: BaseException) -> str:
@@ -42,6 +43,8 @@ def _unknown_key(error: BaseException, argv: list[str]) -> UserError:
     if arg.startswith('--') and name in dotted.split('.')[1:]:
       name = dotted.split('.', 1)[1]
       break
+  if name in configlib.MOVED_KEYS:
+    return UserError(configlib.unknown_key_message(name))
   hint = re.search(r'Did you mean "([^"]+)"', text)
   hint = f" (did you mean '{hint.group(1)}'?)" if hint else ''
   return UserError(f"unknown config key '{name}'{hint}; see the config file for the valid names")

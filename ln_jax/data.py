@@ -157,8 +157,10 @@ def absolute_dir(path: str) -> str:
 
 def with_absolute_dir(config):
   """`config` with an absolute `data.dir` (a copy when it changes; see `absolute_dir`)."""
-  absolute = absolute_dir(config.data.get('dir', ''))
-  if absolute == config.data.get('dir', ''):
+  if 'data' not in config or 'dir' not in config.data:  # a task without a data folder
+    return config
+  absolute = absolute_dir(config.data.dir)
+  if absolute == config.data.dir:
     return config
   config = config.copy_and_resolve_references()
   config.data.dir = absolute

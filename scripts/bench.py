@@ -80,9 +80,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from ln_jax import layers
   from ln_jax.training import rundir
-  from ln_jax.benchmarks import real_run
-  from ln_jax.benchmarks import suite
-  from ln_jax.benchmarks import training
+  from benchmarks import real_run
+  from benchmarks import suite
+  from benchmarks import training
 
   batch_sizes = _ints(_BATCH_SIZES.value, 'batch_sizes')
   ln_shapes = []

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags
 
 from ln_jax import cli
-from ln_jax.training import resume
+from ln_jax.training import metrics_repair
 from ln_jax.training import resume_check
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder for the two runs (an earlier check\'s '
@@ -43,7 +43,7 @@ def main(argv):
     print('metrics.jsonl differ:\n  ' + '\n  '.join(result['differences']))
     return 1
   print(f'identical: {len(result["reference_steps"])} metrics lines (wall-clock fields '
-        f'{", ".join(resume.WALL_CLOCK_KEYS)} aside)')
+        f'{", ".join(metrics_repair.WALL_CLOCK_KEYS)} aside)')
   return 0
 
 

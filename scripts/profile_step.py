@@ -32,9 +32,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if _STEPS.value < 1 or _TOP.value < 1:
     raise UserError('--steps and --top must be >= 1')
-  from ln_jax.benchmarks import profile  # imports JAX, after XLA_FLAGS is set below
+  from benchmarks import profile  # imports JAX, after XLA_FLAGS is set below
   from ln_jax.training import config_checks
-  config_checks.check_config(_CONFIG.value)
+  from ln_jax import tasks
+  config_checks.check_config(_CONFIG.value, tasks.load_task(_CONFIG.value))
   result = profile.profile_steps(_CONFIG.value, _STEPS.value)
   print(f"{result['ms_per_step']:.3f} ms per step over {result['steps']} traced steps "
         '(tracing included)')

@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from ln_jax.benchmarks import isolated
-from ln_jax.benchmarks import suite
-from ln_jax.benchmarks import training
+from benchmarks import isolated
+from benchmarks import suite
+from benchmarks import training
 
 
 def test_training_benchmark_runs_each_contender_in_its_own_process():

@@ -1,7 +1,7 @@
 """Table 1 of the LN paper, measured: which re-scalings and re-centerings leave a layer unchanged.
 
 Each row is one normalized layer, h = norm(W x) (+ b), built by the factories the MLP uses
-(`layers.make_dense`, `layers.make_norm`), so a new normalizer gets its row from this code. h is
+(`norms.make_dense`, `norms.make_norm`), so a new normalizer gets its row from this code. h is
 the layer's output before its nonlinearity: an elementwise f maps equal inputs to equal outputs,
 and measuring before f keeps a saturating or clipping f from hiding a change.
 
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ln_jax import layers
+from ln_jax import norms
 from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
@@ -145,7 +145,7 @@ def default_norms() -> list[str]:
   """The paper's rows first (batch, weight, layer), then every other normalizer ln_jax has, then
   the evaluation-mode rows."""
   paper = ['batch', 'weight', 'layer']
-  return paper + [name for name in layers.NORMS if name not in paper] + list(EVAL_ROWS)
+  return paper + [name for name in norms.NORMS if name not in paper] + list(EVAL_ROWS)
 
 
 class NormalizedLayer(nn.Module):
@@ -153,7 +153,7 @@ class NormalizedLayer(nn.Module):
   `train` False measures the normalizer in evaluation mode (running averages at their init)."""
   features: int
   dense: Callable[..., nn.Module]
-  norm: layers.NormFactory | None
+  norm: norms.NormFactory | None
   train: bool = True
 
   @nn.compact
@@ -175,14 +175,14 @@ def measure(config, norm: str, *, seed: int = 0, epsilon: float = 0.0, dtype: st
             features: int = FEATURES, input_scale: float = 1.0) -> dict[str, float]:
   """Deviation of one normalized layer's output under each transformation, by TRANSFORMS name.
 
-  `config` supplies the normalizer settings `layers.make_norm` reads; `norm` and `epsilon`
-  replace its norm and norm_epsilon. The inputs are standard normal times `input_scale`. A norm
+  `config` supplies the normalizer settings `norms.make_norm` reads; `norm` and `epsilon`
+  replace its norm and norm_options.epsilon. The inputs are standard normal times `input_scale`. A norm
   of `EVAL_ROWS` is measured in evaluation mode.
   """
   layer_config = config.copy_and_resolve_references()
   layer_config.norm = EVAL_ROWS.get(norm, norm)
-  layer_config.norm_epsilon = float(epsilon)
-  layer = NormalizedLayer(features, layers.make_dense(layer_config), layers.make_norm(layer_config),
+  layer_config.norm_options.epsilon = float(epsilon)
+  layer = NormalizedLayer(features, norms.make_dense(layer_config), norms.make_norm(layer_config),
                           train=norm not in EVAL_ROWS)
   rng = np.random.default_rng(seed)
   x_NxD = input_scale * rng.standard_normal((batch_size, in_features))
@@ -209,7 +209,7 @@ def measure(config, norm: str, *, seed: int = 0, epsilon: float = 0.0, dtype: st
 def check_settings(norm_names, *, epsilon: float, dtype: str, threshold: float | None):
   """Validates the settings of `measure_table`; returns the rows and the threshold to use."""
   norm_names = list(norm_names or default_norms())
-  known = list(layers.NORMS) + list(EVAL_ROWS)
+  known = list(norms.NORMS) + list(EVAL_ROWS)
   unknown = [n for n in norm_names if n not in known]
   if unknown:
     raise UserError(f'unknown norm {", ".join(unknown)}; choose from {", ".join(known)}')

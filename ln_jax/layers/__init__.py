@@ -8,10 +8,6 @@ from ln_jax.layers.cells import NormSpec
 from ln_jax.layers.cells import RECURRENT_NORMS
 from ln_jax.layers.cells import RecurrentLayer
 from ln_jax.layers.dense import Dense
-from ln_jax.layers.factories import NORMS
-from ln_jax.layers.factories import NormFactory
-from ln_jax.layers.factories import make_dense
-from ln_jax.layers.factories import make_norm
 from ln_jax.layers.group_norm import GroupNorm
 from ln_jax.layers.layer_norm import LayerNorm
 from ln_jax.layers.layer_norm import RMSNorm

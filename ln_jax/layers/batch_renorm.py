@@ -108,12 +108,3 @@ class BatchRenorm(nn.Module):
     y = statistics.affine(self, y, (features,), self.use_scale, self.use_bias, self.scale_init,
                           self.bias_init, self.param_dtype)
     return y.astype(x.dtype)
-
-
-def schedule_from_config(config) -> RenormSchedule:
-  """The `renorm_*` keys of a config (configs/pi_mnist.py documents them)."""
-  return RenormSchedule(r_max=config.renorm_r_max, d_max=config.renorm_d_max,
-                        start_step=config.renorm_start_step,
-                        r_max_step=config.renorm_r_max_step,
-                        d_max_step=config.renorm_d_max_step)
-

@@ -12,9 +12,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ln_jax.layers import batch_renorm
 from ln_jax.layers import cells
 from ln_jax import data as data_lib
+from ln_jax import norms
 
 
 def real_steps(num_steps: int, lengths_B=None):
@@ -94,27 +94,14 @@ class SequenceClassifier(nn.Module):
 def default_initial_state(norm: str) -> str:
   """'input_mean' for recurrent BN and batch renorm, which need states that differ over the
   batch; else 0."""
-  return 'input_mean' if norm in ('batch', 'batch_renorm') else 'zeros'
-
-
-def norm_spec(config) -> cells.NormSpec:
-  return cells.NormSpec(kind=config.norm,
-                        epsilon=config.norm_epsilon,
-                        fast_variance=config.norm_fast_variance,
-                        momentum=config.bn_momentum,
-                        unbiased_variance=config.bn_unbiased_variance,
-                        gamma_init=config.bn_gamma_init,
-                        max_steps=config.model.bn_max_steps,
-                        eval_batch_stats=config.bn_eval_stats == 'batch',
-                        groups=config.gn_groups,
-                        renorm=batch_renorm.schedule_from_config(config))
+  return 'input_mean' if norms.batch_dependent(norm) else 'zeros'
 
 
 def create_classifier(config) -> SequenceClassifier:
   """The recurrent model of a `configs/seq_mnist.py` config."""
   m = config.model
   stack = RecurrentStack(cell=m.cell, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                         norm=norm_spec(config), forget_bias=m.forget_bias,
+                         norm=norms.recurrent_spec(config), forget_bias=m.forget_bias,
                          dtype=jnp.dtype(config.dtype))
   return SequenceClassifier(stack=stack, pixels_per_step=m.pixels_per_step,
                             num_classes=m.num_classes,
@@ -124,11 +111,11 @@ def create_classifier(config) -> SequenceClassifier:
 def config_checks(config) -> list[tuple[bool, str]]:
   """(condition, one-line message) pairs for the recurrent model's config values."""
   m = config.model
-  supported = ', '.join(cells.RECURRENT_NORMS)
+  supported = ', '.join(norms.RECURRENT_NORMS)
   return [
       (m.cell in cells.CELLS,
        f'unknown model.cell {m.cell!r}; choose one of {", ".join(cells.CELLS)}'),
-      (config.norm in cells.RECURRENT_NORMS,
+      (config.norm in norms.RECURRENT_NORMS,
        f'norm={config.norm!r} has no recurrent version; choose one of {supported}'),
       (m.initial_state is None or m.initial_state in INITIAL_STATES,
        f'unknown model.initial_state {m.initial_state!r}; choose one of '
@@ -139,7 +126,4 @@ def config_checks(config) -> list[tuple[bool, str]]:
        and data_lib.NUM_PIXELS % m.pixels_per_step == 0,
        f'model.pixels_per_step={m.pixels_per_step} must divide the {data_lib.NUM_PIXELS} '
        'pixels of an image (28 for rows, 1 for pixels)'),
-      (m.bn_max_steps is None or m.bn_max_steps > 0,
-       f'model.bn_max_steps={m.bn_max_steps} must be positive, or unset for the sequence '
-       'length'),
   ]

@@ -163,6 +163,8 @@ def load_base_config(base_config: str) -> ml_collections.ConfigDict:
 def set_values(config: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
   """Sets dotted keys to Python values; the config's types and lock catch mistakes."""
   for key, value in overrides.items():
+    if key in configlib.MOVED_KEYS:
+      raise UserError(f'{where}: {configlib.unknown_key_message(key)}')
     try:
       config.update_from_flattened_dict({key: value})
     except (KeyError, AttributeError, TypeError) as e:
@@ -231,7 +233,7 @@ def check_sweep_file(workdir: str, configs: dict, common: dict[str, str]) -> Non
   (member name -> config), whose runs a compare would otherwise mix with these. The resolved
   configs are compared, not the flags: `LN_JAX_DATA_DIR` and `--config.data.dir` naming the same
   folder are the same sweep. Reads only."""
-  from ln_jax.training import resume  # pylint: disable=g-import-not-at-top  (imports JAX)
+  from ln_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top  (imports JAX)
   path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     return
@@ -245,7 +247,7 @@ def check_sweep_file(workdir: str, configs: dict, common: dict[str, str]) -> Non
     return
   for name, saved in previous['configs'].items():
     if name in configs:
-      differences = resume.config_differences(saved, configs[name])
+      differences = workdir_lib.config_differences(saved, configs[name])
       if differences:
         shown = '; '.join(differences[:3]) + ('; ...' if len(differences) > 3 else '')
         raise UserError(f'{workdir} holds a sweep whose member {name} has another config '

@@ -17,7 +17,7 @@ from absl import logging
 from ln_jax import cli
 from ln_jax.training import config_checks
 from ln_jax.training import lock
-from ln_jax.training import resume
+from ln_jax.training import workdir as workdir_lib
 from ln_jax.training import rundir
 from ln_jax.sweeps import launchers
 from ln_jax.sweeps import sweep
@@ -137,30 +137,29 @@ def _train_unit(unit, configs, workdir: str) -> None:
   if len(unit) == 1:
     train.train_and_evaluate(configs[unit[0].name], dirs[0])  # creates its folder once checked
   else:
-    from ln_jax.sweeps import vmap_seeds
-    for d in dirs:
-      resume.make_workdir(d)
-    vmap_seeds.train_seeds([configs[m.name] for m in unit], dirs)
+    train.train_seeds([configs[m.name] for m in unit], dirs)
 
 
 def check_shared_inputs(configs: dict) -> dict[str, int]:
   """Loads each distinct data config once and checks every member's config against its data, so
   that a failure all members share (data missing offline, an impossible value) stops the sweep
   before the first member starts, with one line. Returns each member's number of steps."""
-  from ln_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from ln_jax.training import train  # pylint: disable=g-import-not-at-top
+  from ln_jax import tasks  # pylint: disable=g-import-not-at-top
+  from ln_jax.training.schedule import Schedule  # pylint: disable=g-import-not-at-top
   num_train, steps = {}, {}
   for name, config in configs.items():
-    key = json.dumps(config.data.to_dict(), sort_keys=True, default=repr)
-    if config.data.source == 'synthetic':  # the only source whose data depends on the seed
-      key += f' seed {config.seed}'
+    task = tasks.load_task(config)
+    # The task's data depends on what its config says of data, and (synthetic data) the seed.
+    key = json.dumps([config.task, config.get('data', {}) and config.data.to_dict(),
+                      config.seed], sort_keys=True, default=repr)
     if key not in num_train:
-      num_train[key] = len(data_lib.load_splits(config.data, config.seed)['train'])
+      train_split = task.load_splits(config)['train']
+      num_train[key] = config_checks.num_examples(train_split, 'train', task)
     try:
-      config_checks.check_config(config, num_train=num_train[key])
+      config_checks.check_config(config, task, num_train=num_train[key])
     except UserError as e:
       raise UserError(f'member {name}: {e}') from None
-    steps[name] = train.Schedule(config, num_train[key]).total_steps
+    steps[name] = Schedule(config, num_train[key]).total_steps
   return steps
 
 
@@ -178,15 +177,16 @@ def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str]
   if parallel < 1:
     raise UserError(f'--parallel={parallel} must be at least 1')
   launchers.check_launcher(launcher)
-  resume.check_workdir(workdir)
+  workdir_lib.check_workdir(workdir)
   base = sweep.load_base_config(experiment.base_config)
   configs = {m.name: sweep.member_config(base, m, common) for m in experiment.members}
   import jax  # pylint: disable=g-import-not-at-top  (after the cheap checks: a typo fails fast)
   if vmap_seeds is None:
     vmap_seeds = vmap_seeds_default(jax.default_backend())
+  from ln_jax import tasks  # pylint: disable=g-import-not-at-top
   for name, config in configs.items():
     try:
-      config_checks.check_config(config)
+      config_checks.check_config(config, tasks.load_task(config))
     except UserError as e:
       raise UserError(f'member {name}: {e}') from None
   sweep.check_sweep_file(workdir, configs, common)

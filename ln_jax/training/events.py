@@ -8,8 +8,9 @@ both. The optimizer step itself is the scalar `perf/step`.
 The HParams dashboard reads three summaries of the hparams plugin from each run: the experiment
 (every hparam and metric name), the session start (this run's flattened config) and the session
 end (written when the run finishes). Its metric columns are scalar tags of the same run: the last
-value of each curve, plus `best/valid_error` and `best/test_error` (the test error at the
-evaluation with the lowest validation error so far).
+value of each of the task's curves, plus `best/valid_<m>` and `best/test_<m>` for the task's
+selection metric m (for classification `best/valid_error` and `best/test_error`: the test error at
+the evaluation with the best validation error so far).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import sys
 import time
 
 SPLITS = ('train', 'valid', 'test')
-METRIC_TAGS = ('train/loss', 'train/error', 'valid/loss', 'valid/error', 'test/loss',
-               'test/error', 'best/valid_error', 'best/test_error')
 # The hparams plugin's names for its summaries (tensorboard/plugins/hparams/metadata.py).
 PLUGIN_NAME = 'hparams'
 EXPERIMENT_TAG = '_hparams_/experiment'
@@ -69,7 +68,14 @@ def _plugin_summary(tag: str, **plugin_data):
   return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
 
 
-def _hparams_summaries(hparams: dict):
+def metric_tags(task) -> tuple:
+  """The HParams metric columns of a run of `task`."""
+  select = task.select_by
+  return tuple(f'{split}/{name}' for split in SPLITS for name in task.metric_names) + (
+      f'best/valid_{select}', f'best/test_{select}')
+
+
+def _hparams_summaries(hparams: dict, tags):
   """The experiment and session-start summaries for one run's hparams."""
   from tensorboardX.proto import api_pb2
   from tensorboardX.proto import plugin_hparams_pb2
@@ -85,7 +91,7 @@ def _hparams_summaries(hparams: dict):
     infos.append(api_pb2.HParamInfo(name=key, type=kind))
   experiment = api_pb2.Experiment(
       hparam_infos=infos,
-      metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in METRIC_TAGS])
+      metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t)) for t in tags])
   return (_plugin_summary(EXPERIMENT_TAG, experiment=experiment),
           _plugin_summary(SESSION_START_TAG, session_start_info=start))
 
@@ -94,23 +100,27 @@ class EventWriter:
   """Writes one run's evaluations as grouped scalars and its config as HParams.
 
   `previous`: the metrics.jsonl records a resumed run already holds, so that the best validation
-  error carries over.
+  value of the task's selection metric carries over.
   """
 
-  def __init__(self, workdir: str, flat_config: dict, previous=()):
+  def __init__(self, workdir: str, flat_config: dict, task, previous=()):
     self._tb = summary_writer(workdir)
     self._batch_size = flat_config['batch_size']
-    self._best = None  # (valid_error, test_error) at the lowest valid_error
+    select = task.metric(task.select_by)
+    self._keys = (f'valid_{select.name}', f'test_{select.name}')
+    self._sign = 1.0 if select.lower_is_better else -1.0
+    self._best = None  # (valid, test) at the best valid value of the selection metric
     for record in previous:
       self._track_best(record)
-    for summary in _hparams_summaries(hparam_values(flat_config)):
+    for summary in _hparams_summaries(hparam_values(flat_config), metric_tags(task)):
       self._tb._get_file_writer().add_summary(summary)  # pylint: disable=protected-access
 
   def _track_best(self, record: dict) -> bool:
-    valid = record.get('valid_error')
-    if valid is None or (self._best is not None and valid >= self._best[0]):
+    valid = record.get(self._keys[0])
+    if valid is None or (self._best is not None
+                         and self._sign * valid >= self._sign * self._best[0]):
       return False
-    self._best = (valid, record.get('test_error'))
+    self._best = (valid, record.get(self._keys[1]))
     return True
 
   def write(self, record: dict) -> None:
@@ -123,7 +133,8 @@ class EventWriter:
                           global_step=examples)
     self._track_best(record)
     if self._best is not None:
-      for tag, value in zip(('best/valid_error', 'best/test_error'), self._best):
+      for key, value in zip(self._keys, self._best):
+        tag = 'best/' + key
         if value is not None:
           self._tb.add_scalar(tag, value, global_step=examples)
 

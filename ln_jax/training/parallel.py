@@ -4,7 +4,7 @@ Parameters, optimizer state and the dataset are replicated on every device; insi
 step each batch is constrained to be split along the mesh's 'batch' axis. XLA's SPMD partitioner
 then inserts the cross-device sums itself, so the gradients and BatchNorm's batch statistics are
 those of the whole (global) batch: the same run as on one device, up to float rounding.
-BatchNorm's `ghost_batches` option (config `bn_ghost_batches`) gives per-device statistics
+BatchNorm's `ghost_batches` option (config `norm_options.ghost_batches`) gives per-device statistics
 instead, when set to the number of devices.
 
 Multi-host: start the same command on every host with `--distributed` (scripts/train.py), which

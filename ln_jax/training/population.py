@@ -1,8 +1,9 @@
 """Precise BatchNorm statistics (Wu & Johnson, 2021, "Rethinking 'Batch' in BatchNorm").
 
 Running averages lag the weights they describe: each is a momentum average over batches that
-earlier weights produced. With `bn_eval_stats='population'` every evaluation instead uses
-statistics of the current weights: a pass over `bn_population_batches` training batches in
+earlier weights produced. With `norm_options.eval_stats='population'` every evaluation instead
+uses statistics of the current weights: a pass over `norm_options.population_batches` training
+batches in
 training mode (each batch normalized by its own statistics, as in a training step, so every BN
 layer sees the inputs it sees in training), and for every BN layer (per time step for recurrent
 BN) the mean and variance of its input over the union of those batches:
@@ -30,7 +31,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from ln_jax import models
+from ln_jax import norms
 from ln_jax.training import parallel
 
 # Folded into the seed's key: the population batches never share a key with the data order.
@@ -39,27 +40,28 @@ _STREAM = 0x706F70
 
 def applies(config) -> bool:
   """Whether evaluations of `config` use population statistics (BN only; others have none)."""
-  return config.bn_eval_stats == 'population' and config.norm == 'batch'
+  return norms.uses_population(config)
 
 
 def batch_size(config) -> int:
   """Examples per population batch: the batch BN normalizes over in training."""
-  return config.batch_size // config.get('bn_ghost_batches', 1)
+  return config.batch_size // config.norm_options.ghost_batches
 
 
-def statistics_model(config):
+def statistics_model(config, task):
   """The model with momentum 0 and whole batches, so a training-mode call reports its batch."""
   config = config.copy_and_resolve_references()
-  config.bn_momentum = 0.0
-  if 'bn_ghost_batches' in config:
-    config.bn_ghost_batches = 1
-  return models.create_model(config)
+  config.norm_options.momentum = 0.0
+  config.norm_options.ghost_batches = 1
+  return task.create_model(config)
 
 
-def batch_indices(config, step: int, num_train: int):
-  """[bn_population_batches, batch] training-set indices for the evaluation at `step`."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), _STREAM), step)
-  size, count = batch_size(config), config.bn_population_batches
+def batch_indices(config, step: int, num_train: int, seed: int | None = None):
+  """[population_batches, batch] training-set indices for the evaluation at `step` of the run
+  with `seed` (default: config.seed)."""
+  seed = config.seed if seed is None else seed
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _STREAM), step)
+  size, count = batch_size(config), config.norm_options.population_batches
   return jax.random.permutation(key, num_train)[:count * size].reshape(count, size)
 
 
@@ -79,38 +81,58 @@ def combine(per_batch, batch_size_: int, unbiased: bool):
   return combined
 
 
-@functools.partial(jax.jit, static_argnames=('apply_fn', 'preprocess', 'unbiased', 'mesh'))
-def statistics(variables, images, indices, *, apply_fn, preprocess, unbiased: bool, mesh=None):
-  """The population (mean, var) of every BN layer, as {path: array} of `batch_stats` entries.
-
-  `apply_fn` is `statistics_model(config).apply`; `indices` [num_batches, batch] the batches.
-  """
+def _statistics(variables, data, indices, *, apply_fn, task, unbiased: bool, mesh=None):
   def body(_, batch_idx):
     batch_idx = parallel.shard_batch(batch_idx, mesh)
-    _, updates = apply_fn(variables, preprocess(images[batch_idx]), train=True,
-                          mutable=['batch_stats'])
+    batch = jax.tree.map(lambda a: a[batch_idx], data)
+    rngs = {name: jax.random.PRNGKey(i) for i, name in enumerate(task.rngs)} or None
+    _, updates = apply_fn(variables, task.model_inputs(batch), train=True,
+                          mutable=['batch_stats'], rngs=rngs)
     return None, updates['batch_stats']
 
   _, per_batch = jax.lax.scan(body, None, indices)
   return combine(per_batch, indices.shape[1], unbiased)
 
 
-def evaluator(config, images, *, preprocess, mesh=None):
+_STATIC = ('apply_fn', 'task', 'unbiased', 'mesh')
+statistics = jax.jit(_statistics, static_argnames=_STATIC)
+statistics.__doc__ = """The population (mean, var) of every BN layer, as {path: array} of
+`batch_stats` entries. `apply_fn` is `statistics_model(config, task).apply`; `indices`
+[num_batches, batch] the training batches; `data` the training arrays."""
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def vmapped_statistics(variables, data, indices, *, apply_fn, task, unbiased: bool, mesh=None):
+  """`statistics` for every seed: `variables` and `indices` have a leading seed axis."""
+  return jax.vmap(functools.partial(_statistics, apply_fn=apply_fn, task=task,
+                                    unbiased=unbiased, mesh=mesh),
+                  in_axes=(0, None, 0))(variables, data, indices)
+
+
+def evaluator(config, task, data, *, seeds=None, mesh=None):
   """`evaluation_state(state, step)`: `state` for the evaluation at `step`, with population
   statistics in its `batch_stats` where `applies` (else `state` itself). Build it once per run:
-  it holds the statistics model, so every evaluation reuses one compiled pass."""
+  it holds the statistics model, so every evaluation reuses one compiled pass. `seeds`: the
+  seeds of a state with a leading seed axis (each seed draws its own batches)."""
   if not applies(config):
     return lambda state, step: state
-  apply_fn = statistics_model(config).apply
+  apply_fn = statistics_model(config, task).apply
+  num_train = jax.tree.leaves(data)[0].shape[0]
 
   def evaluation_state(state, step: int):
-    indices = batch_indices(config, step, images.shape[0])
-    if mesh is not None:
-      indices = parallel.replicate(indices, mesh)
+    kwargs = dict(apply_fn=apply_fn, task=task, unbiased=config.norm_options.unbiased_variance,
+                  mesh=mesh)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    population = statistics(variables, images, indices, apply_fn=apply_fn,
-                            preprocess=preprocess, unbiased=config.bn_unbiased_variance,
-                            mesh=mesh)
+    if seeds is None:
+      indices = batch_indices(config, step, num_train)
+      if mesh is not None:
+        indices = parallel.replicate(indices, mesh)
+      population = statistics(variables, data, indices, **kwargs)
+    else:
+      indices = jnp.stack([batch_indices(config, step, num_train, seed) for seed in seeds])
+      if mesh is not None:
+        indices = parallel.replicate(indices, mesh)
+      population = vmapped_statistics(variables, data, indices, **kwargs)
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(state.batch_stats))
     flat.update(population)
     batch_stats = flax.traverse_util.unflatten_dict(flat)
@@ -118,3 +140,4 @@ def evaluator(config, images, *, preprocess, mesh=None):
       batch_stats = flax.core.freeze(batch_stats)
     return state.replace(batch_stats=batch_stats)
   return evaluation_state
+

@@ -19,7 +19,7 @@ import sys
 import time
 
 from ln_jax.training import checkpoint
-from ln_jax.training import resume
+from ln_jax.training import metrics_repair
 from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
@@ -119,6 +119,6 @@ def run_check(train_args: list[str], workdir: str, signals: list[str],
       reference.kill()
       reference.wait()
   return {'stages': stages, 'returncodes': statuses,
-          'differences': resume.metrics_differences(reference_dir, interrupted_dir),
+          'differences': metrics_repair.metrics_differences(reference_dir, interrupted_dir),
           'reference_steps': metrics_steps(reference_dir),
           'resumed_steps': metrics_steps(interrupted_dir)}

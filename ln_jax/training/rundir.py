@@ -65,9 +65,10 @@ def device_info() -> dict:
           'kind': devices[0].device_kind, 'platform': platform.platform()}
 
 
-def describe_run(config) -> dict:
-  """config.json's content: the resolved config plus what produced the run."""
-  return {'config': config.to_dict(), 'versions': package_versions(),
+def describe_run(config, task) -> dict:
+  """config.json's content: the resolved config, the task's metrics (names, units, direction,
+  the selection metric: what compare reads) and what produced the run."""
+  return {'config': config.to_dict(), 'task': task.describe(), 'versions': package_versions(),
           'git_commit': git_commit(), 'device': device_info()}
 
 
@@ -91,10 +92,11 @@ class MetricsWriter:
   """Appends one JSON object per evaluation to metrics.jsonl and mirrors it to TensorBoard
   (`events`: grouped tags against examples seen, the config as HParams)."""
 
-  def __init__(self, workdir: str, config):
+  def __init__(self, workdir: str, config, task):
     from ln_jax.training import events
     self._path = os.path.join(workdir, METRICS_FILE)
-    self._events = events.EventWriter(workdir, flatten(config.to_dict()), read_metrics(workdir))
+    self._events = events.EventWriter(workdir, flatten(config.to_dict()), task,
+                                      read_metrics(workdir))
 
   def write(self, record: dict) -> None:
     record = {k: _finite_or_none(v) for k, v in record.items()}

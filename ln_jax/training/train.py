@@ -1,246 +1,53 @@
-"""Training and evaluation: pure step functions, fused multi-step calls, one visible loop.
+"""The training loop: one loop for every task, for one run or several seeds vmapped together.
 
-`train_step(state, batch) -> (state, metrics)` serves every normalizer: BatchNorm's running
-averages come back through the loss function's aux output (an empty collection for the others).
-`train_and_evaluate` keeps the dataset on the device, gathers each batch there from a seeded
-per-epoch permutation, and runs `config.steps_per_call` optimizer steps per compiled call with
-`lax.scan`; the step index alone fixes the data order, so the result does not depend on how steps
-are grouped into calls.
+`train_and_evaluate(config, workdir)` trains one run; `train_seeds(configs, workdirs)` trains
+runs that differ only in their seed as one vmapped program (a state with a leading seed axis),
+each seed writing its own, ordinary run directory. Both go through `_Loop`: the data stays on the
+device (or streams from the host, see `tasks.Task`), `config.steps_per_call` optimizer steps run
+per compiled call (`step.train_steps`), and the step index alone fixes the data order, so the
+results do not depend on how steps are grouped into calls.
 
-Re-running on the same workdir resumes from the latest checkpoint (see `resume`): the state, the
-step (which fixes the position in the data order), the partial train-loss window and the elapsed
-time all come back, so the resumed run writes the same metrics.jsonl as an uninterrupted one.
+Re-running on the same workdir(s) resumes from the latest checkpoint (see `resume`): the state,
+the step, the partial train-metric window and the elapsed time all come back, so the resumed run
+writes the same metrics.jsonl as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import math
 import os
 import time
-from typing import Any
 
 from absl import logging
-import flax
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from ln_jax import data as data_lib
+from ln_jax import tasks
+from ln_jax.errors import Interrupted
+from ln_jax.errors import UserError
 from ln_jax.training import checkpoint
 from ln_jax.training import config_checks
-from ln_jax import data as data_lib
-from ln_jax import models
+from ln_jax.training import metrics_repair
 from ln_jax.training import optimizers
 from ln_jax.training import parallel
 from ln_jax.training import population
 from ln_jax.training import resume
 from ln_jax.training import rundir
-from ln_jax.errors import Interrupted
-from ln_jax.errors import UserError
+from ln_jax.training import signals
+from ln_jax.training import step as step_lib
+from ln_jax.training import window as window_lib
+from ln_jax.training import workdir as workdir_lib
 from ln_jax.training.progress import Progress
+from ln_jax.training.schedule import Schedule
 
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any = flax.core.FrozenDict()
-  # Static: leave the state as it was after a step whose loss or gradients are not finite
-  # (config.on_nonfinite='skip'); off, the step costs nothing extra.
-  skip_nonfinite: bool = flax.struct.field(pytree_node=False, default=False)
+_RUN_KEY_STREAM = 0x72756E  # folded into the init key: the run's key for the model's draws
 
 
 class TrainingDiverged(UserError):
   """The loss became NaN or infinite."""
-
-
-def preprocess(images):
-  """uint8 pixels (kept that way on the device: 4x less memory and gather traffic) to [0, 1]."""
-  return jnp.asarray(images, jnp.float32) / 255.0
-
-
-def create_train_state(config, model, key, example_images) -> TrainState:
-  # Compiled once as a whole: run op by op, every initializer would compile on its own.
-  variables = jax.jit(functools.partial(model.init, train=False))(key, preprocess(example_images))
-  return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           tx=optimizers.make_optimizer(config),
-                           batch_stats=variables.get('batch_stats', flax.core.FrozenDict()),
-                           skip_nonfinite=config.on_nonfinite == 'skip')
-
-
-def _variables(state, params):
-  variables = {'params': params}
-  if state.batch_stats:
-    variables['batch_stats'] = state.batch_stats
-  return variables
-
-
-def _loss_and_errors(logits, labels):
-  """Per-example negative log-likelihood and 0/1 error."""
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return nll, (jnp.argmax(logits, -1) != labels).astype(jnp.float32)
-
-
-def _all_finite(tree):
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-  """One optimizer step on `batch` ({'image': uint8 [B, ...], 'label': int [B]}).
-
-  Metrics: 'loss', 'error' and 'nonfinite' (1 when the loss was not finite). With
-  `state.skip_nonfinite`, a step with a non-finite loss or gradient changes nothing but the step
-  count, reports loss and error 0 and counts as 'nonfinite'.
-  """
-  def loss_fn(params):
-    logits, updates = state.apply_fn(_variables(state, params), preprocess(batch['image']),
-                                     train=True, mutable=['batch_stats'])
-    nll, errors = _loss_and_errors(logits, batch['label'])
-    return jnp.mean(nll), (jnp.mean(errors), updates)
-
-  (loss, (error, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads,
-                                    batch_stats=updates.get('batch_stats', state.batch_stats))
-  finite = jnp.isfinite(loss)
-  if state.skip_nonfinite:
-    finite &= _all_finite(grads)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-    new_state = new_state.replace(params=keep(new_state.params, state.params),
-                                  opt_state=keep(new_state.opt_state, state.opt_state),
-                                  batch_stats=keep(new_state.batch_stats, state.batch_stats))
-    loss, error = jnp.where(finite, loss, 0.0), jnp.where(finite, error, 0.0)
-  return new_state, {'loss': loss, 'error': error, 'nonfinite': (~finite).astype(jnp.int32)}
-
-
-def epoch_order(data_key, epoch, num_examples: int):
-  """The seeded order in which epoch `epoch` visits the training set."""
-  return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
-
-
-@functools.partial(jax.jit, static_argnames=('num_steps', 'batch_size', 'mesh'),
-                   donate_argnums=(0,))
-def train_steps(state, images, labels, order, position, window=None, *, num_steps: int,
-                batch_size: int, mesh=None):
-  """`num_steps` optimizer steps, batch i taken from `order` at (position + i) * batch_size.
-
-  Returns the new state and `window` (default: `resume.empty_window()`) with the metrics of
-  `train_step` added one step at a time, plus 'first_nonfinite': the step count (`state.step`
-  after it) of the first step with a non-finite loss, or resume.NO_NONFINITE. Adding in step
-  order inside the scan keeps the float sums, not only the state, independent of how the steps
-  are grouped into calls. With a `mesh` (see `parallel`) each batch is split over its devices.
-  """
-  if window is None:
-    window = resume.empty_window()
-
-  def body(carry, i):
-    state, window = carry
-    idx = jax.lax.dynamic_slice_in_dim(order, (position + i) * batch_size, batch_size)
-    idx = parallel.shard_batch(idx, mesh)
-    state, metrics = train_step(state, {'image': images[idx], 'label': labels[idx]})
-    state = parallel.keep_replicated(state, mesh)
-    metrics['first_nonfinite'] = jnp.where(metrics['nonfinite'] > 0, state.step,
-                                           resume.NO_NONFINITE).astype(jnp.int32)
-    return (state, resume.accumulate(window, metrics)), None
-
-  (state, window), _ = jax.lax.scan(body, (state, window), jnp.arange(num_steps))
-  return state, window
-
-
-@functools.partial(jax.jit, static_argnames=('batch_size', 'mesh'))
-def evaluate(state, images, labels, *, batch_size: int, mesh=None):
-  """Mean NLL and error over a whole split, in compiled batches (the last one wraps around and
-  its repeated examples are masked out of the means)."""
-  n = labels.shape[0]
-  num_batches = -(-n // batch_size)
-  idx = jnp.arange(num_batches * batch_size)
-  weights = (idx < n).astype(jnp.float32).reshape(num_batches, batch_size)
-  idx = (idx % n).reshape(num_batches, batch_size)
-
-  def body(totals, xs):
-    batch_idx, batch_weights = xs
-    batch_idx = parallel.shard_batch(batch_idx, mesh)
-    logits = state.apply_fn(_variables(state, state.params), preprocess(images[batch_idx]),
-                            train=False)
-    nll, errors = _loss_and_errors(logits, labels[batch_idx])
-    return (totals[0] + jnp.sum(nll * batch_weights),
-            totals[1] + jnp.sum(errors * batch_weights)), None
-
-  (nll_sum, error_sum), _ = jax.lax.scan(body, (0.0, 0.0), (idx, weights))
-  return {'loss': nll_sum / n, 'error': error_sum / n}
-
-
-class Schedule:
-  """Step arithmetic for a run: epochs, evaluation points and the size of each fused call."""
-
-  def __init__(self, config, num_train: int):
-    self.steps_per_epoch = num_train // config.batch_size
-    self.total_steps = max(1, round(config.num_epochs * self.steps_per_epoch))
-    if config.get('eval_every_epochs') is not None:
-      self.eval_every = max(1, round(config.eval_every_epochs * self.steps_per_epoch))
-    else:  # a fixed number per run, so a small-batch run shows metrics as early as a large one
-      self.eval_every = max(1, -(-self.total_steps // config.get('num_evals', 20)))
-    self.steps_per_call = config.steps_per_call
-    self.checkpoint_every = max(1, round(config.checkpoint_every_epochs * self.steps_per_epoch))
-
-  def next_chunk(self, step: int) -> int:
-    """Steps to fuse from `step`: stop at an evaluation, an epoch end or the run's end."""
-    next_eval = (step // self.eval_every + 1) * self.eval_every
-    epoch_end = (step // self.steps_per_epoch + 1) * self.steps_per_epoch
-    return min(self.steps_per_call, next_eval - step, epoch_end - step, self.total_steps - step)
-
-  def is_eval_step(self, step: int) -> bool:
-    return step % self.eval_every == 0 or step == self.total_steps
-
-  def eval_steps(self) -> list[int]:
-    """The steps the run evaluates at (and writes a metrics.jsonl line for), in order."""
-    steps = list(range(self.eval_every, self.total_steps + 1, self.eval_every))
-    return steps + [self.total_steps] if steps[-1:] != [self.total_steps] else steps
-
-  def is_checkpoint_step(self, start: int, step: int) -> bool:
-    """Whether the chunk from `start` to `step` crossed a checkpoint point or ended the run.
-
-    Checkpoints go at chunk ends (which `next_chunk` fixes whatever `checkpoint_every` is), so
-    where they go never changes how steps are grouped, nor any number the run reports.
-    """
-    return step // self.checkpoint_every > start // self.checkpoint_every or (
-        step == self.total_steps)
-
-
-def _to_float(tree) -> dict:
-  return {k: float(v) for k, v in jax.device_get(tree).items()}
-
-
-def _check_finite(config, loop: resume.LoopState, ckpt, workdir: str) -> None:
-  """With on_nonfinite='stop', raises TrainingDiverged if the window saw a non-finite loss."""
-  if config.on_nonfinite != 'stop' or not int(loop.window['nonfinite']):
-    return
-  good = ckpt.latest_step()
-  where = (f'the last good checkpoint is step {good} in '
-           f'{os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(good))}' if good is not None
-           else 'no checkpoint was saved before it')
-  raise TrainingDiverged(
-      f'the training loss became non-finite at step {int(loop.window["first_nonfinite"])} '
-      f'({where}); lower learning_rate (now {config.learning_rate}), set grad_clip_norm or '
-      'on_nonfinite=skip, and rerun with --fresh or another --workdir')
-
-
-def _record(config, state, loop: resume.LoopState, step: int, schedule: Schedule,
-            eval_sets: dict, mesh=None) -> dict:
-  """The metrics.jsonl line for an evaluation at `step` (wall-clock fields left to the caller)."""
-  train = _to_float(loop.window)  # waits for the device
-  counted = loop.window_steps - int(train['nonfinite'])  # skipped updates report no loss
-  record = {'step': step, 'epoch': step / schedule.steps_per_epoch,
-            'train_loss': train['loss'] / counted if counted else math.nan,
-            'train_error': train['error'] / counted if counted else math.nan}
-  if config.on_nonfinite == 'skip':
-    record['skipped_steps'] = loop.skipped_steps + int(train['nonfinite'])
-  eval_batch = config.batch_size if config.bn_eval_stats == 'batch' else config.eval_batch_size
-  if mesh is not None:
-    eval_batch = parallel.round_up(eval_batch, mesh)  # the padding is masked out of the means
-  for name, (images, labels) in eval_sets.items():
-    metrics = _to_float(evaluate(state, images, labels, batch_size=eval_batch, mesh=mesh))
-    record[f'{name}_loss'], record[f'{name}_error'] = metrics['loss'], metrics['error']
-  return record
 
 
 def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
@@ -251,113 +58,381 @@ def train_and_evaluate(config, workdir: str, fresh: bool = False) -> dict:
   Interrupted after SIGTERM or Ctrl-C made it save a checkpoint and stop. In a multi-process run
   every process trains and returns the same metrics; process 0 alone writes the run files.
   """
-  config_checks.check_config(config)
-  config = data_lib.with_absolute_dir(config)
+  return _train_runs([config], [workdir], fresh)[0]
+
+
+def train_seeds(configs, workdirs: list[str], fresh: bool = False) -> list[dict]:
+  """Trains configs that differ only in `seed` as one vmapped program, one run directory each,
+  with the same lock, resume, checkpoints, mesh and `on_nonfinite` as separate runs; returns each
+  run's last metrics. With on_nonfinite='stop', a seed whose loss diverges stops writing and
+  saving (no summary.json) while the others go on; then `TrainingDiverged` names it."""
+  def without_seed(config):
+    d = config.to_dict()
+    d.pop('seed')
+    return d
+  first = without_seed(configs[0])
+  if any(without_seed(c) != first for c in configs[1:]):
+    raise UserError('vmapped runs must differ only in their seed')
+  if len({c.seed for c in configs}) != len(configs):
+    raise UserError('vmapped runs need distinct seeds')
+  return _train_runs(list(configs), list(workdirs), fresh, vmapped=True)
+
+
+def _same_arrays(a: dict, b: dict) -> bool:
+  return a.keys() == b.keys() and all(
+      jax.tree.structure(a[k]) == jax.tree.structure(b[k]) and all(
+          np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k])))
+      for k in a)
+
+
+def _load_data(task, configs):
+  """Each seed's splits, loaded once when they are identical (real data); (splits, per_seed)."""
+  first = task.load_splits(configs[0])
+  if 'train' not in first:
+    raise UserError(f"task {task.name!r}: load_splits returned no 'train' split (got "
+                    f'{", ".join(first) or "none"}); return a dict with train, valid, test')
+  others = [task.load_splits(c) for c in configs[1:]]
+  if all(_same_arrays(first, o) for o in others):
+    return [first], False
+  return [first] + others, True
+
+
+def _train_runs(configs, workdirs, fresh: bool, vmapped: bool = False) -> list[dict]:
+  config = configs[0]
+  task = tasks.load_task(config)
+  for c in configs:
+    config_checks.check_config(c, task)
+  configs = [data_lib.with_absolute_dir(c) for c in configs]
   with parallel.together('the workdir check or loading the data'):
-    resume.check_workdir(workdir)
-    splits = data_lib.load_splits(config.data, config.seed)
-    config_checks.check_config(config, num_train=len(splits['train']))
-  mesh = parallel.make_mesh(config.get('num_devices', 0))
+    for workdir in workdirs:
+      workdir_lib.check_workdir(workdir)
+    splits, per_seed = _load_data(task, configs)
+    num_train = config_checks.num_examples(splits[0]['train'], 'train', task)
+    for c in configs:
+      config_checks.check_config(c, task, num_train=num_train)
+    config_checks.check_task_outputs(task, config, splits[0]['train'])
+  mesh = parallel.make_mesh(config.num_devices)
   parallel.check_divisible(config.batch_size, mesh)
-  status, run_lock = resume.prepare_workdir(workdir, config, fresh)
+  prepared = []
   try:
-    return _train(config, workdir, splits, mesh, status)
+    for c, workdir in zip(configs, workdirs):
+      prepared.append(workdir_lib.prepare_workdir(workdir, c, fresh, task))
+    loop = _Loop(task, configs, workdirs, [status for status, _ in prepared], splits, per_seed,
+                 mesh, vmapped)
+    return loop.run()
   except OSError as e:
     if e.errno not in (errno.ENOSPC, errno.EDQUOT):
       raise
-    raise checkpoint.DiskFull(f'the disk holding {workdir} is full ({e.strerror}: '
+    raise checkpoint.DiskFull(f'the disk holding {workdirs[0]} is full ({e.strerror}: '
                               f'{e.filename or "a run file"}); free space there and run the '
                               'same command again to resume') from None
   finally:
-    run_lock.release()
+    for _, run_lock in prepared:
+      run_lock.release()
 
 
-def _train(config, workdir: str, splits: dict, mesh, status: str) -> dict:
-  """train_and_evaluate once the workdir is checked, prepared and locked."""
-  schedule = Schedule(config, len(splits['train']))
-  if status == resume.COMPLETE:
-    resume.check_finished_metrics(workdir, schedule.eval_steps())
-    logging.info('%s holds this run, finished; nothing to do (--fresh runs it again)', workdir)
-    return resume.read_summary(workdir)['final']
-  ckpt = checkpoint.manager(workdir, config.checkpoint_keep)
-  start_step = resume.choose_checkpoint(ckpt, workdir, schedule.eval_steps())
+def _take(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
 
-  init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  model = models.create_model(config)
-  train_images, train_labels = parallel.replicate(splits['train'], mesh)
-  eval_sets = {name: parallel.replicate(s, mesh)
-               for name, s in splits.items() if name != 'train' and len(s)}
-  state = create_train_state(config, model, init_key, splits['train'].images[:1])
-  state = parallel.replicate(state, mesh)
-  logging.info('%s: %d parameters; %d steps (%d per epoch), evaluation every %d steps',
-               config.model.name,
-               sum(np.size(p) for p in jax.tree.leaves(state.params)),
-               schedule.total_steps, schedule.steps_per_epoch, schedule.eval_every)
-  logging.info('data parallel over %d device(s): %s', mesh.size, mesh.devices.tolist())
 
-  state, loop = resume.restore(ckpt, start_step, state)
-  # Placed as train_steps returns it, so its second call reuses the first one's program.
-  loop.window = parallel.replicate(loop.window, mesh)
-  step = int(state.step)
-  dropped = resume.keep_metrics_through(workdir, step) if parallel.is_primary() else 0
-  parallel.sync('keep_metrics_through')  # the others may read metrics.jsonl below
-  if step or dropped:
-    logging.info('resuming at step %d from %s (%d metrics lines after it dropped)', step,
-                 ckpt.directory, dropped)
+class _Loop:
+  """The loop over compiled calls for one run, or several seeds with a leading seed axis."""
 
-  def save():
-    _check_finite(config, loop, ckpt, workdir)
-    checkpoint.save(ckpt, step, loop.payload(state, loop.elapsed_s + progress.elapsed()),
-                    keep=config.checkpoint_keep,
-                    facts={'window_loss': float(jax.device_get(loop.window['loss']))})
+  def __init__(self, task, configs, workdirs, statuses, splits, per_seed, mesh, vmapped):
+    self.task, self.configs, self.workdirs, self.mesh = task, configs, workdirs, mesh
+    self.config = configs[0]
+    self.vmapped = vmapped
+    self.statuses = statuses
+    self.per_seed = per_seed
+    self.host_train = splits[0]['train'] if not per_seed else step_lib.stack(
+        [s['train'] for s in splits])
+    self.num_train = config_checks.num_examples(splits[0]['train'], 'train', task)
+    self.schedule = Schedule(self.config, self.num_train)
+    self.eval_sets = {}
+    for name in splits[0]:
+      if name == 'train' or not config_checks.num_examples(splits[0][name], name, task):
+        continue
+      data = splits[0][name] if not per_seed else step_lib.stack([s[name] for s in splits])
+      self.eval_sets[name] = parallel.replicate(data, mesh)
+    self.train_data = (None if task.stream_from_host
+                       else parallel.replicate(self.host_train, mesh))
 
-  # BN's population statistics for evaluation, when asked for (the state is not changed).
-  evaluation_state = population.evaluator(config, train_images, preprocess=preprocess, mesh=mesh)
-  progress = Progress(schedule.total_steps, config.batch_size, config.log_every_seconds, step)
-  writer = (rundir.MetricsWriter(workdir, config) if parallel.is_primary()
-            else rundir.NoMetricsWriter())
-  last, rate_steps, rate_start, order_epoch = {}, 0, time.time(), -1
-  try:
-    with resume.catch_stop_signals() as stop:
-      while step < schedule.total_steps:
-        if stop:
-          if step and ckpt.latest_step() != step:
+  # ---- setting up: states, checkpoints, resume --------------------------------------------
+  def _initial_states(self):
+    model = self.task.create_model(self.config)
+    tx = optimizers.make_optimizer(self.config)
+    example = jax.tree.map(lambda a: a[:1], self.host_train if not self.per_seed
+                           else _take(self.host_train, 0))
+    states, data_keys = [], []
+    for c in self.configs:
+      init_key, data_key = jax.random.split(jax.random.PRNGKey(c.seed))
+      run_key = jax.random.fold_in(init_key, _RUN_KEY_STREAM)
+      states.append(step_lib.create_train_state(c, self.task, model, tx, init_key, run_key,
+                                                example))
+      data_keys.append(data_key)
+    logging.info('task %s, model %s: %d parameters; %d steps (%d per epoch), evaluation every '
+                 '%d steps%s', self.task.name, type(model).__name__,
+                 sum(np.size(p) for p in jax.tree.leaves(states[0].params)),
+                 self.schedule.total_steps, self.schedule.steps_per_epoch,
+                 self.schedule.eval_every,
+                 f'; {len(states)} seeds vmapped' if self.vmapped else '')
+    logging.info('data parallel over %d device(s): %s', self.mesh.size,
+                 self.mesh.devices.tolist())
+    return states, data_keys
+
+  def _choose_start(self, ckpts) -> int | None:
+    """The checkpoint step every run resumes from (the same for all seeds), or None."""
+    eval_steps = self.schedule.eval_steps()
+    chosen = [resume.choose_checkpoint(m, w, eval_steps) for m, w in zip(ckpts, self.workdirs)]
+    if len(set(chosen)) == 1:
+      return chosen[0]
+    common = None if None in chosen else min(chosen)
+    if common is not None and all(common in m.all_steps() and
+                                  checkpoint.verify(str(m.directory), common) is None
+                                  for m in ckpts):
+      logging.warning('the seeds were saved at different steps (%s); all resume from step %d',
+                      chosen, common)
+      return common
+    logging.warning('the seeds have no checkpoint step in common (%s); they start again from '
+                    'step 0', chosen)
+    if parallel.is_primary():
+      with checkpoint.quiet():
+        for m in ckpts:
+          for s in m.all_steps():
+            m.delete(s)
+    return None
+
+  def run(self) -> list[dict]:
+    cfg, schedule = self.config, self.schedule
+    if all(s == workdir_lib.COMPLETE for s in self.statuses):
+      for w in self.workdirs:
+        metrics_repair.check_finished_metrics(w, schedule.eval_steps())
+      logging.info('%s holds this run, finished; nothing to do (--fresh runs it again)',
+                   ', '.join(self.workdirs))
+      return [workdir_lib.read_summary(w)['final'] for w in self.workdirs]
+    if any(s == workdir_lib.COMPLETE for s in self.statuses):  # train the unfinished seeds
+      todo = [i for i, s in enumerate(self.statuses) if s != workdir_lib.COMPLETE]
+      sub = _Loop.__new__(_Loop)
+      sub.__dict__.update(self.__dict__)
+      sub.configs = [self.configs[i] for i in todo]
+      sub.workdirs = [self.workdirs[i] for i in todo]
+      sub.statuses = [self.statuses[i] for i in todo]
+      if self.per_seed:
+        sub.host_train = jax.tree.map(lambda x: x[np.asarray(todo)], self.host_train)
+        sub.train_data = None if self.task.stream_from_host else parallel.replicate(
+            sub.host_train, self.mesh)
+        sub.eval_sets = {k: jax.tree.map(lambda x: x[np.asarray(todo)], v)
+                         for k, v in self.eval_sets.items()}
+      trained = dict(zip(todo, sub.run()))
+      return [trained[i] if i in trained else workdir_lib.read_summary(w)['final']
+              for i, w in enumerate(self.workdirs)]
+    return self._train()
+
+  def _train(self) -> list[dict]:
+    cfg, schedule, task, mesh = self.config, self.schedule, self.task, self.mesh
+    num_runs = len(self.configs)
+    ckpts = [checkpoint.manager(w, cfg.checkpoint_keep) for w in self.workdirs]
+    start_step = self._choose_start(ckpts)
+    states, data_keys = self._initial_states()
+    empty = window_lib.empty_window(task.metric_names)
+    restored = [resume.restore(m, start_step, s, empty) for m, s in zip(ckpts, states)]
+    loops = [loop for _, loop in restored]
+    if self.vmapped:
+      state = step_lib.stack([s for s, _ in restored])
+      window = step_lib.stack([loop.window for loop in loops])
+    else:
+      state, window = restored[0][0], loops[0].window
+    state = parallel.replicate(state, mesh)
+    # Placed as train_steps returns it, so its second call reuses the first one's program.
+    window = parallel.replicate(window, mesh)
+    step = int(start_step or 0)
+    for w, m in zip(self.workdirs, ckpts):
+      dropped = metrics_repair.keep_metrics_through(w, step) if parallel.is_primary() else 0
+      if step or dropped:
+        logging.info('resuming at step %d from %s (%d metrics lines after it dropped)', step,
+                     m.directory, dropped)
+    parallel.sync('keep_metrics_through')  # the others may read metrics.jsonl below
+
+    seeds = [c.seed for c in self.configs] if self.vmapped else None
+    pop_data = self.train_data if self.train_data is not None else parallel.replicate(
+        self.host_train, mesh)
+    if self.per_seed and population.applies(cfg):
+      raise UserError('norm_options.eval_stats=population with per-seed data (synthetic data '
+                      'differs by seed) cannot be vmapped; run the seeds separately '
+                      '(--novmap_seeds)')
+    evaluation_state = population.evaluator(cfg, task, pop_data, seeds=seeds, mesh=mesh)
+    progress = Progress(schedule.total_steps, cfg.batch_size * num_runs, cfg.log_every_seconds,
+                        step)
+    writers = [rundir.MetricsWriter(w, c, task) if parallel.is_primary()
+               else rundir.NoMetricsWriter() for c, w in zip(self.configs, self.workdirs)]
+    diverged = set()
+    last = [{} for _ in self.configs]
+    window_steps = loops[0].window_steps
+    empty_windows = step_lib.stack([empty] * num_runs) if self.vmapped else empty
+    rate_steps, rate_start, order_epoch, orders = 0, time.time(), -1, None
+
+    def save():
+      host = jax.device_get(state) if self.vmapped else state
+      host_window = jax.device_get(window)
+      for i in range(num_runs):
+        if i in diverged:
+          continue
+        self._check_finite(_take(host_window, i) if self.vmapped else host_window, ckpts[i],
+                           i, diverged)
+        if i in diverged:
+          continue
+        loop = loops[i]
+        loop.window = _take(host_window, i) if self.vmapped else window
+        loop.window_steps = window_steps
+        one = _take(host, i) if self.vmapped else host
+        checkpoint.save(ckpts[i], step, loop.payload(one, loop.elapsed_s + progress.elapsed()),
+                        keep=cfg.checkpoint_keep,
+                        facts={'window_loss': float(jax.device_get(loop.window['loss']))})
+
+    try:
+      with signals.catch_stop_signals() as stop:
+        while step < schedule.total_steps:
+          if stop:
+            if step and ckpts[0].latest_step() != step:
+              save()
+            raise Interrupted(f'{stop.name} at step {step}/{schedule.total_steps}; checkpoint '
+                              f'in {ckpts[0].directory}; run the same command again to resume',
+                              stop.signum)
+          epoch = step // schedule.steps_per_epoch
+          if epoch != order_epoch:
+            orders = [step_lib.epoch_order(k, epoch, self.num_train) for k in data_keys]
+            orders = jnp.stack(orders) if self.vmapped else orders[0]
+            if task.stream_from_host:
+              orders = np.asarray(jax.device_get(orders))
+            else:
+              orders = parallel.replicate(orders, mesh)
+            order_epoch = epoch
+          num_steps, start = schedule.next_chunk(step), step
+          position = step - epoch * schedule.steps_per_epoch
+          state, window = self._steps(state, orders, position, window, num_steps)
+          window_steps += num_steps
+          rate_steps += num_steps
+          step += num_steps
+          progress.update(step, window)
+          if schedule.is_eval_step(step):
+            host_window = jax.device_get(window)  # waits for the device
+            for i in range(num_runs):
+              if i not in diverged:
+                self._check_finite(_take(host_window, i) if self.vmapped else host_window,
+                                   ckpts[i], i, diverged)
+            if len(diverged) == num_runs:
+              break
+            evals = self._evaluate(evaluation_state(state, step))
+            seconds = max(time.time() - rate_start, 1e-9)
+            for i in range(num_runs):
+              if i in diverged:
+                continue
+              record = self._record(_take(host_window, i) if self.vmapped else host_window,
+                                    window_steps, loops[i], step,
+                                    {k: _take(v, i) if self.vmapped else v
+                                     for k, v in evals.items()})
+              record['elapsed_s'] = loops[i].elapsed_s + progress.elapsed()
+              record['steps_per_s'] = rate_steps / seconds
+              writers[i].write(record)
+              last[i] = record
+              loops[i].skipped_steps = record.get('skipped_steps', 0)
+            progress.report(next(last[i] for i in range(num_runs) if i not in diverged))
+            window = parallel.replicate(empty_windows, mesh)
+            window_steps = 0
+            rate_steps, rate_start = 0, time.time()
+          if schedule.is_checkpoint_step(start, step):
             save()
-          raise Interrupted(f'{stop.name} at step {step}/{schedule.total_steps}; checkpoint in '
-                            f'{ckpt.directory}; run the same command again to resume', stop.signum)
-        epoch = step // schedule.steps_per_epoch
-        if epoch != order_epoch:
-          order = parallel.replicate(epoch_order(data_key, epoch, len(splits['train'])), mesh)
-          order_epoch = epoch
-        num_steps, start = schedule.next_chunk(step), step
-        state, loop.window = train_steps(state, train_images, train_labels, order,
-                                         step - epoch * schedule.steps_per_epoch, loop.window,
-                                         num_steps=num_steps, batch_size=config.batch_size,
-                                         mesh=mesh)
-        loop.window_steps += num_steps
-        rate_steps += num_steps
-        step += num_steps
-        progress.update(step, loop.window)
-        if schedule.is_eval_step(step):
-          _check_finite(config, loop, ckpt, workdir)
-          record = _record(config, evaluation_state(state, step), loop, step, schedule,
-                           eval_sets, mesh)
-          record['elapsed_s'] = loop.elapsed_s + progress.elapsed()
-          record['steps_per_s'] = rate_steps / max(time.time() - rate_start, 1e-9)
-          writer.write(record)
-          progress.report(record)
-          last = record
-          loop.skipped_steps = record.get('skipped_steps', 0)
-          loop.window, loop.window_steps = parallel.replicate(resume.empty_window(), mesh), 0
-          rate_steps, rate_start = 0, time.time()
-        if schedule.is_checkpoint_step(start, step):
-          save()
-    writer.finish()
-  finally:
-    writer.close()
-  if not last:  # resumed from the final checkpoint before summary.json was written
-    last = (rundir.read_metrics(workdir) or [{}])[-1]
-  if parallel.is_primary():
-    rundir.write_json_atomic(f'{workdir}/{rundir.SUMMARY_FILE}',
-                             {'final': last, 'total_steps': schedule.total_steps})
-  return last
+      for i, writer in enumerate(writers):
+        if i not in diverged:
+          writer.finish()
+    finally:
+      for writer in writers:
+        writer.close()
+    for i, w in enumerate(self.workdirs):
+      if i in diverged:
+        continue
+      if not last[i]:  # resumed from the final checkpoint before summary.json was written
+        last[i] = (rundir.read_metrics(w) or [{}])[-1]
+      if parallel.is_primary():
+        rundir.write_json_atomic(f'{w}/{rundir.SUMMARY_FILE}',
+                                 {'final': last[i], 'total_steps': schedule.total_steps})
+    if diverged:
+      seeds_text = ', '.join(str(self.configs[i].seed) for i in sorted(diverged))
+      raise TrainingDiverged(
+          f'the training loss became non-finite for seed(s) {seeds_text}; lower learning_rate '
+          f'(now {cfg.learning_rate}), set grad_clip_norm or on_nonfinite=skip, and rerun with '
+          '--fresh or another --workdir')
+    return last
+
+  # ---- one compiled call, one evaluation, one record --------------------------------------
+  def _steps(self, state, orders, position, window, num_steps):
+    cfg = self.config
+    data, order = self.train_data, orders
+    if self.task.stream_from_host:  # gather this call's batches on the host
+      size = cfg.batch_size
+      span = slice(position * size, (position + num_steps) * size)
+
+      def gather(arrays, order_1d):
+        idx = order_1d[span]
+        return jax.tree.map(
+            lambda a: a[idx].reshape((num_steps, size) + a.shape[1:]), arrays)
+      if self.vmapped:
+        data = step_lib.stack([
+            gather(_take(self.host_train, i) if self.per_seed else self.host_train, orders[i])
+            for i in range(len(self.configs))])
+      else:
+        data = gather(self.host_train, orders)
+      data, order = parallel.replicate(data, self.mesh), None
+    kwargs = dict(num_steps=num_steps, batch_size=cfg.batch_size, mesh=self.mesh)
+    if self.vmapped:
+      return step_lib.vmapped_train_steps(state, data, order, position, window,
+                                          shared_data=not self.per_seed, **kwargs)
+    return step_lib.train_steps(state, data, order, position, window, **kwargs)
+
+  def _evaluate(self, state) -> dict:
+    cfg = self.config
+    eval_batch = (cfg.batch_size if cfg.norm_options.eval_stats == 'batch'
+                  else cfg.eval_batch_size)
+    if self.mesh is not None:
+      eval_batch = parallel.round_up(eval_batch, self.mesh)  # padding is masked out of means
+    out = {}
+    for name, data in self.eval_sets.items():
+      if self.vmapped:
+        metrics = step_lib.vmapped_evaluate(state, data, batch_size=eval_batch, mesh=self.mesh,
+                                            shared_data=not self.per_seed)
+      else:
+        metrics = step_lib.evaluate(state, data, batch_size=eval_batch, mesh=self.mesh)
+      out[name] = jax.device_get(metrics)
+    return out
+
+  def _record(self, train, window_steps: int, loop, step: int, evals: dict) -> dict:
+    """The metrics.jsonl line for an evaluation at `step` (wall-clock fields left to the caller)."""
+    counted = window_steps - int(train['nonfinite'])  # skipped updates report no metrics
+    record = {'step': step, 'epoch': step / self.schedule.steps_per_epoch}
+    for name in self.task.metric_names:
+      record[f'train_{name}'] = float(train[name]) / counted if counted else math.nan
+    if self.config.on_nonfinite == 'skip':
+      record['skipped_steps'] = loop.skipped_steps + int(train['nonfinite'])
+    for split, metrics in evals.items():
+      for name in self.task.metric_names:
+        record[f'{split}_{name}'] = float(metrics[name])
+    return record
+
+  def _check_finite(self, window, ckpt, i: int, diverged: set) -> None:
+    """With on_nonfinite='stop': a single run raises TrainingDiverged if its window saw a
+    non-finite loss; a seed of a vmapped group is marked diverged instead."""
+    if self.config.on_nonfinite != 'stop' or not int(window['nonfinite']):
+      return
+    if self.vmapped:
+      logging.error('seed %d diverged at step %d; it stops here, the other seeds go on',
+                    self.configs[i].seed, int(window['first_nonfinite']))
+      diverged.add(i)
+      return
+    good = ckpt.latest_step()
+    where = (f'the last good checkpoint is step {good} in '
+             f'{os.path.join(self.workdirs[i], checkpoint.CHECKPOINT_DIR, str(good))}'
+             if good is not None else 'no checkpoint was saved before it')
+    raise TrainingDiverged(
+        f'the training loss became non-finite at step {int(window["first_nonfinite"])} '
+        f'({where}); lower learning_rate (now {self.config.learning_rate}), set grad_clip_norm '
+        'or on_nonfinite=skip, and rerun with --fresh or another --workdir')

@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ln_jax.training import train
-from ln_jax.benchmarks import layers
+from ln_jax.training import step as step_lib
+from benchmarks import layers
 
 STREAM_MEGABYTES = 64  # per array; well past the last-level caches of the machines we use
 
@@ -42,8 +42,8 @@ def stream_gb_per_s(megabytes: float = STREAM_MEGABYTES, repeats: int = 7) -> fl
 
 
 def bytes_per_step(state, batch) -> float:
-  """XLA's count of the bytes one compiled `train.train_step(state, batch)` accesses."""
-  compiled = jax.jit(train.train_step, donate_argnums=(0,)).lower(state, batch).compile()
+  """XLA's count of the bytes one compiled `step.train_step(state, batch)` accesses."""
+  compiled = jax.jit(step_lib.train_step, donate_argnums=(0,)).lower(state, batch).compile()
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
     analysis = analysis[0]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from ln_jax.benchmarks import REPO_ROOT
+from benchmarks import REPO_ROOT
 
 _SYNTHETIC = ('data.source=synthetic,data.valid_size=1000,data.synthetic_test_size=1000,'
               'checkpoint_every_epochs=100')

@@ -3,7 +3,7 @@
 PyTorch's and XLA's thread pools in one process compete for the cores (an in-process PyTorch
 contender swung from 7 to 200 steps/s within one run), and one library's allocator or caches
 can slow the next. So every contender here is a worker process of its own
-(`python -m ln_jax.benchmarks.isolated SPEC`): it builds and compiles its workload, says it is
+(`python -m benchmarks.isolated SPEC`): it builds and compiles its workload, says it is
 ready, then runs one timed window per request from the parent and idles (blocked on a pipe,
 using no CPU) while the others run theirs. Rounds interleave the contenders, so a load change
 on a shared machine hits each of them; ratios pair the windows of the same round.
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from ln_jax.benchmarks import REPO_ROOT
+from benchmarks import REPO_ROOT
 
 PAUSE_S = 0.3  # between windows: spinning OpenMP/XLA threads of the last worker go to sleep
 
@@ -34,7 +34,7 @@ class Worker:
         filter(None, (REPO_ROOT, os.environ.get('PYTHONPATH')))))
     self.spec = spec
     self._process = subprocess.Popen(
-        [sys.executable, '-m', 'ln_jax.benchmarks.isolated', json.dumps(spec)], cwd=REPO_ROOT,
+        [sys.executable, '-m', 'benchmarks.isolated', json.dumps(spec)], cwd=REPO_ROOT,
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.info = self._read()  # blocks until built and warmed up
 
@@ -91,7 +91,7 @@ def _build(spec: dict):
   """(run(n) -> units done, setup info) of a spec, in this (worker) process."""
   kind = spec['kind']
   if kind == 'layer_norm':
-    from ln_jax.benchmarks import layers
+    from benchmarks import layers
     call, sync = layers.pass_callable(spec['contender'], spec['rows'], spec['features'])
     sync(call())
 
@@ -101,7 +101,7 @@ def _build(spec: dict):
       sync(out)
       return n * layers.PASSES_PER_CALL
     return run, {}
-  from ln_jax.benchmarks import load_config, peers, training
+  from benchmarks import load_config, peers, training
   if 'lstm_kernel' in spec:  # which recurrent layers use the hand-written backward pass
     from ln_jax.layers import lstm_kernel
     lstm_kernel.FUSED_KINDS = tuple(spec['lstm_kernel'])
@@ -113,7 +113,7 @@ def _build(spec: dict):
   runner.warmup(spec.get('warmup_steps', 20))
   info = {}
   if spec.get('bound') and hasattr(runner, 'bytes_per_step'):
-    from ln_jax.benchmarks import roofline
+    from benchmarks import roofline
     info['bytes_per_step'] = runner.bytes_per_step()
     info['state_bytes'] = runner.state_bytes()
     info['stream_gb_per_s'] = roofline.stream_gb_per_s(

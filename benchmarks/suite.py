@@ -8,11 +8,11 @@ import platform
 import jax
 
 from ln_jax.training import rundir
-from ln_jax.benchmarks import isolated
-from ln_jax.benchmarks import layers
-from ln_jax.benchmarks import load_config
-from ln_jax.benchmarks import roofline
-from ln_jax.benchmarks import training
+from benchmarks import isolated
+from benchmarks import layers
+from benchmarks import load_config
+from benchmarks import roofline
+from benchmarks import training
 
 PI_MNIST = os.path.join('configs', 'pi_mnist.py')
 SEQ_MNIST = os.path.join('configs', 'seq_mnist.py')

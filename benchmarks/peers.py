@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ln_jax.benchmarks import training
+from benchmarks import training
 
 
 class _FlaxMLP(nn.Module):

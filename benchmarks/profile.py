@@ -19,7 +19,7 @@ import time
 
 import jax
 
-from ln_jax.benchmarks import training
+from benchmarks import training
 
 # Trace events of the runtime and of Python, not of one compiled operation.
 _NOT_OPERATIONS = ('ThunkExecutor', 'PjitFunction', 'SlinkyThreadPool', 'ExecuteHelper',

@@ -2,7 +2,7 @@
 
 Every contender trains the same model (by default the paper's 784-1000-1000-10 MLP) with Adam
 on the same 55,000 uint8 images, and is timed in steady state, compilation excluded:
-- `ln_jax`: what `train.train_and_evaluate` runs: data on the device, batches gathered there
+- `ln_jax`: what `train.train_and_evaluate` runs (`step.train_steps`): data on the device, batches gathered there
   from a seeded permutation, `steps_per_call` optimizer steps per compiled call (`lax.scan`),
   donated state.
 - `jit_loop`: the Flax-examples style: one jitted `train_step` per Python iteration, batches
@@ -23,10 +23,13 @@ import numpy as np
 
 from ln_jax import data as data_lib
 from ln_jax import models
+from ln_jax import tasks
+from ln_jax.training import optimizers
 from ln_jax.training import parallel
-from ln_jax.training import resume
-from ln_jax.training import train
-from ln_jax.benchmarks import roofline
+from ln_jax.training import step as step_lib
+from ln_jax.training import window as window_lib
+from ln_jax.training.schedule import Schedule
+from benchmarks import roofline
 
 NUM_TRAIN = 55_000
 
@@ -38,25 +41,36 @@ def make_dataset(num_examples: int = NUM_TRAIN, seed: int = 0):
           np.asarray(labels, np.int32))
 
 
+def new_state(config, images, seed_key=None):
+  """The train state `train_and_evaluate` starts a run of `config` from."""
+  task = tasks.load_task(config)
+  init_key = jax.random.split(jax.random.PRNGKey(config.seed))[0] if seed_key is None else (
+      seed_key)
+  return step_lib.create_train_state(config, task, task.create_model(config),
+                                     optimizers.make_optimizer(config), init_key, init_key,
+                                     {'image': images[:1]})
+
+
 class FusedRunner:
-  """ln_jax's loop: `train.train_steps` calls of up to `config.steps_per_call` steps."""
+  """ln_jax's loop: `step.train_steps` calls of up to `config.steps_per_call` steps."""
 
   name = 'ln_jax'
 
   def __init__(self, config, images, labels):
     self._config = config
-    self._mesh = parallel.make_mesh(config.get('num_devices', 0))
+    self._mesh = parallel.make_mesh(config.num_devices)
     parallel.check_divisible(config.batch_size, self._mesh)
-    init_key, self._data_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = train.create_train_state(config, models.create_model(config), init_key, images[:1])
-    self._state = parallel.replicate(state, self._mesh)
-    self._images, self._labels = parallel.replicate((images, labels), self._mesh)
+    self._data_key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
+    self._state = parallel.replicate(new_state(config, images), self._mesh)
+    self._data = parallel.replicate({'image': images, 'label': labels}, self._mesh)
+    self._images, self._labels = self._data['image'], self._data['label']
     # Evaluation far away: chunks stop only at epoch ends, as in a long run.
     config = config.copy_and_resolve_references()
     config.num_epochs, config.eval_every_epochs = 1e6, 1e6
-    self._schedule = train.Schedule(config, len(labels))
+    self._schedule = Schedule(config, len(labels))
     self._step, self._epoch, self._order = 0, -1, None
-    self._totals = parallel.replicate(resume.empty_window(), self._mesh)
+    self._totals = parallel.replicate(
+        window_lib.empty_window(self._state.task.metric_names), self._mesh)
 
   def state_bytes(self) -> int:
     """Bytes of the parameters and optimizer state: the working set every step reads."""
@@ -76,11 +90,11 @@ class FusedRunner:
       epoch, position = divmod(self._step, self._schedule.steps_per_epoch)
       if epoch != self._epoch:
         self._order = parallel.replicate(
-            train.epoch_order(self._data_key, epoch, len(self._labels)), self._mesh)
+            step_lib.epoch_order(self._data_key, epoch, len(self._labels)), self._mesh)
         self._epoch = epoch
       n = self._schedule.next_chunk(self._step)
-      self._state, self._totals = train.train_steps(
-          self._state, self._images, self._labels, self._order, position, self._totals,
+      self._state, self._totals = step_lib.train_steps(
+          self._state, self._data, self._order, position, self._totals,
           num_steps=n, batch_size=self._config.batch_size, mesh=self._mesh)
       self._step += n
     jax.block_until_ready(self._totals)
@@ -93,8 +107,8 @@ class FusedRunner:
     tail = self._schedule.steps_per_epoch % chunk
     if tail:
       scratch = jax.tree.map(jax.numpy.copy, self._state)
-      jax.block_until_ready(train.train_steps(
-          scratch, self._images, self._labels, self._order, 0, self._totals, num_steps=tail,
+      jax.block_until_ready(step_lib.train_steps(
+          scratch, self._data, self._order, 0, self._totals, num_steps=tail,
           batch_size=self._config.batch_size, mesh=self._mesh))
 
 
@@ -105,11 +119,9 @@ class JitLoopRunner:
 
   def __init__(self, config, images, labels):
     self._batch_size = config.batch_size
-    state = train.create_train_state(config, models.create_model(config),
-                                     jax.random.PRNGKey(config.seed), images[:1])
-    self._state = state
+    self._state = new_state(config, images, jax.random.PRNGKey(config.seed))
     self._images, self._labels = images, labels
-    self._step_fn = jax.jit(train.train_step)  # the example donates nothing
+    self._step_fn = jax.jit(step_lib.train_step)  # the example donates nothing
     self._rng = np.random.default_rng(config.seed)
     self._steps_per_epoch = len(labels) // config.batch_size
     self._position, self._perm = 0, None
@@ -162,7 +174,7 @@ class TorchRunner:
 
     self._torch = torch
     torch.manual_seed(config.seed)
-    norm_logits = config.norm_logits
+    norm_logits = config.model.norm_logits
     if norm_logits is None:
       norm_logits = models.norm_logits_default(config.norm)
     widths = [images.shape[1], *config.model.hidden_sizes, config.model.num_classes]
@@ -185,9 +197,9 @@ class TorchRunner:
   def _norm(self, config, width):
     nn = self._torch.nn
     if config.norm == 'layer':
-      return nn.LayerNorm(width, eps=config.norm_epsilon)
+      return nn.LayerNorm(width, eps=config.norm_options.epsilon)
     # PyTorch's momentum weighs the new batch: 1 - (Flax convention).
-    return nn.BatchNorm1d(width, eps=config.norm_epsilon, momentum=1.0 - config.bn_momentum)
+    return nn.BatchNorm1d(width, eps=config.norm_options.epsilon, momentum=1.0 - config.norm_options.momentum)
 
   def run(self, num_steps: int) -> int:
     torch = self._torch
