@@ -103,7 +103,6 @@ class ClosedFormLayerNorm(nn.Module):
     return fused_norms.layer_norm(x, scale, bias, epsilon=self.epsilon)
 
 
-CONTENDERS = ('ln_jax', 'flax', 'torch', 'closed_form')
 JAX_MODULES = {'ln_jax': layers.LayerNorm, 'flax': nn.LayerNorm, 'closed_form': ClosedFormLayerNorm}
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 import platform
 
-import jax
 
 from ln_jax.training import rundir
 from benchmarks import isolated
 from benchmarks import layers
 from benchmarks import load_config
-from benchmarks import roofline
 from benchmarks import training
 
 PI_MNIST = os.path.join('configs', 'pi_mnist.py')
@@ -24,7 +22,6 @@ PARITY_NORMS = ('batch', 'none')
 CELL_TARGETS = {'layer': 1.25, 'batch': 1.6}
 MLP_CONTENDERS = ('ln_jax', 'flax_scan', 'jit_loop', 'torch')
 MLP_PEER_NORMS = {'torch': training.TorchRunner.NORMS, 'flax_scan': ('layer', 'none')}
-LN_SHAPES = ((8192, 1000), (64, 512))  # a layer of the paper's MLP at large batch; the LN-LSTM's
 
 
 def machine() -> dict:
@@ -278,7 +275,3 @@ def report(results: dict) -> str:
                                                     ('ms/step', 'ms_per_step', '.2f'),
                                                     ('windows', 'windows', 'd')])]
   return '\n'.join(parts)
-
-
-def devices_summary() -> str:
-  return ', '.join(sorted({d.device_kind for d in jax.devices()}))

@@ -2,9 +2,9 @@
 
 Every contender trains the same model (by default the paper's 784-1000-1000-10 MLP) with Adam
 on the same 55,000 uint8 images, and is timed in steady state, compilation excluded:
-- `ln_jax`: what `train.train_and_evaluate` runs (`step.train_steps`): data on the device, batches gathered there
-  from a seeded permutation, `steps_per_call` optimizer steps per compiled call (`lax.scan`),
-  donated state.
+- `ln_jax`: what `train.train_and_evaluate` runs (`step.train_steps`): data on the device,
+  batches gathered there from a seeded permutation, `steps_per_call` optimizer steps per
+  compiled call (`lax.scan`), donated state.
 - `jit_loop`: the Flax-examples style: one jitted `train_step` per Python iteration, batches
   indexed on the host in NumPy and copied in, no buffer donation, metrics kept as device arrays.
 - `torch`: PyTorch eager on the CPU (when torch is installed), the same layers and optimizer.
@@ -199,7 +199,8 @@ class TorchRunner:
     if config.norm == 'layer':
       return nn.LayerNorm(width, eps=config.norm_options.epsilon)
     # PyTorch's momentum weighs the new batch: 1 - (Flax convention).
-    return nn.BatchNorm1d(width, eps=config.norm_options.epsilon, momentum=1.0 - config.norm_options.momentum)
+    options = config.norm_options
+    return nn.BatchNorm1d(width, eps=options.epsilon, momentum=1.0 - options.momentum)
 
   def run(self, num_steps: int) -> int:
     torch = self._torch

@@ -147,8 +147,3 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None, presets: d
     presets[name](config)
   for key, value in overrides.items():
     override(config, key, value)
-
-
-def require(condition: bool, message: str) -> None:
-  if not condition:
-    raise UserError(message)

@@ -21,22 +21,25 @@ from absl import flags
 from ln_jax import cli
 from ln_jax.errors import UserError
 
-_METRIC = flags.DEFINE_string('metric', None, 'Metric to tabulate and plot below the training '
-                              'NLL (default: the experiment\'s first, else test_error).')
+_METRIC = flags.DEFINE_string(
+    'metric', None, 'Metric to tabulate and plot below the training loss (default: the '
+    "experiment's first, else the task's selection metric on test: test_error for classification).")
 _GROUP_BY = flags.DEFINE_list('group_by', None, 'Config keys whose values make a curve; seeds '
                               'are averaged (default: the experiment\'s, else norm,batch_size).')
 _TUNED = flags.DEFINE_list('tuned', None, 'Config keys tuned per group on the validation metric '
                            '(default: the experiment\'s TUNED, else none).')
-_SELECT_BY = flags.DEFINE_string('select_by', None, 'Validation metric each run is read at its '
-                                 'best of, and tuned keys are chosen on (default: valid_error).')
+_SELECT_BY = flags.DEFINE_string(
+    'select_by', None, 'Validation metric each run is read at its best of, and tuned keys are '
+    "chosen on (default: the experiment's, else the task's selection metric on valid).")
 _ALL_SETTINGS = flags.DEFINE_bool('all_settings', False, 'Plot and tabulate every value of the '
                                   'tuned keys, not only the selected one.')
 _ALLOW_MIXED = flags.DEFINE_bool('allow_mixed', False, 'Average runs of a group that differ in '
                                  'keys that are neither grouped, tuned nor the seed.')
 _PANEL_BY = flags.DEFINE_string('panel_by', 'batch_size', 'Group key with one panel per value '
                                 '(the first group key when this one is not grouped on).')
-_THRESHOLD = flags.DEFINE_float('threshold', 0.02, 'The table gives the epochs each group took '
-                                'to reach metric <= threshold.', lower_bound=0.0)
+_THRESHOLD = flags.DEFINE_float(
+    'threshold', 0.02, 'The table gives the epochs each group took to reach metric <= threshold '
+    "(>= for a higher-is-better metric), in the metric's stored units (0.02: 2% error).")
 _BAND = flags.DEFINE_enum('band', 'ci', ['ci', 'minmax', 'std'], 'Band around each mean curve: '
                           '95% t interval of the mean, min-max or +/- std over seeds.')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the figures and tables go '
@@ -53,12 +56,23 @@ def main(argv):
   from ln_jax.analysis import selection
   from ln_jax.analysis import tables
   from ln_jax.training import rundir
+  from ln_jax.analysis import metrics as metrics_lib
   runs = compare.find_runs(roots)
+  tasks = {(r.task or {}).get('name', 'classification') for r in runs}
+  if len(tasks) > 1:
+    raise UserError(f'the runs belong to different tasks ({", ".join(sorted(tasks))}); compare '
+                    'the runs of one task at a time')
   defaults = compare.sweep_defaults(roots)
-  metric = _METRIC.value or defaults.metric
+  task_metric, task_select = metrics_lib.default_keys(runs)
+  metric = _METRIC.value or defaults.metric or task_metric
   group_by = tuple(_GROUP_BY.value or defaults.group_by)
   tuned = tuple(_TUNED.value if _TUNED.value is not None else defaults.tuned)
-  select_by = _SELECT_BY.value or defaults.select_by
+  select_by = _SELECT_BY.value or defaults.select_by or task_select
+  metric_info = metrics_lib.info(runs, metric, '--metric')
+  select_info = metrics_lib.info(runs, select_by, '--select_by')
+  claim_infos = {claim.get('metric', metric): metrics_lib.info(
+      runs, claim.get('metric', metric), f'the metric of claim {claim.get("text", "")!r}')
+      for claim in defaults.claims}
   if not any(metric in r for run in runs for r in run.records):
     raise UserError(f'no run recorded {metric!r}; choose --metric from '
                     f'{", ".join(k for k in runs[0].records[-1] if k not in ("step", "epoch"))}')
@@ -74,9 +88,11 @@ def main(argv):
 
   rows = tables.summarize(tuned_groups, group_by, tuned, metric, select_by, _THRESHOLD.value,
                           _ALL_SETTINGS.value)
-  table = tables.markdown_table(rows, group_by, tuned, metric, select_by, _THRESHOLD.value)
+  table = tables.markdown_table(rows, group_by, tuned, metric_info, select_info,
+                                _THRESHOLD.value)
   diffs = tables.differences_markdown(tables.differences(tuned_groups, group_by, metric,
-                                                         select_by), group_by, metric, select_by)
+                                                         select_by), group_by, metric_info,
+                                      select_by)
   chosen = [f'{", ".join(compare.label(k, v) for k, v in zip(group_by, values))}: '
             f'{selection.describe(tuned, settings[0])} (best mean {select_by} of '
             f'{len(settings)})' for values, settings in tuned_groups.items()] if tuned else []
@@ -95,7 +111,7 @@ def main(argv):
   rundir.write_text_atomic(prefix + '.csv', tables.csv_table(rows))
   written = [*figures, prefix + '.md', prefix + '.csv']
   if results:
-    claims_text = claims_lib.markdown(results, select_by)
+    claims_text = claims_lib.markdown(results, select_by, claim_infos)
     rundir.write_text_atomic(os.path.join(out_dir, 'claims.md'), claims_text)
     rundir.write_json_atomic(os.path.join(out_dir, 'claims.json'), claims_lib.to_json(results))
     written += [os.path.join(out_dir, 'claims.md'), os.path.join(out_dir, 'claims.json')]

@@ -101,10 +101,10 @@ def evaluate(claims, keys: tuple, tuned: tuple, tuned_groups: dict, select_by: s
   return results
 
 
-def _number(x: float, percent: bool) -> str:
+def _number(x: float, scale: float) -> str:
   if not math.isfinite(x):
     return '-'
-  return f'{100 * x:+.2f}' if percent else f'{x:+.4g}'
+  return f'{scale * x:+.2f}' if scale != 1.0 else f'{x:+.4g}'
 
 
 def _what(result: dict) -> str:
@@ -113,27 +113,32 @@ def _what(result: dict) -> str:
           'gap_larger': '(b - a) - (than_b - than_a)'}[kind]
 
 
-def markdown(results: list, select_by: str) -> str:
-  """claims.md: one row per claim with its verdict and the numbers behind it."""
+def markdown(results: list, select_by: str, infos=None) -> str:
+  """claims.md: one row per claim with its verdict and the numbers behind it. `infos`:
+  {metric key: analysis.metrics.MetricInfo}, for units and display scale (none: as stored)."""
+  infos = infos or {}
   lines = [f'Values: each seed\'s metric at its best {select_by}, in the selected setting; '
-           'differences with a 95% t interval (errors in points of %).', '',
+           'differences with a 95% t interval, in the metric\'s units (errors in points of %).',
+           '',
            '| claim | verdict | difference | 95% interval | p | groups (mean, selected) |',
            '|---|---|---|---|---|---|']
   for r in results:
     if 'difference' not in r:
       lines.append(f'| {r["text"]} | {r["verdict"]} | - | - | - | {r["reason"]} |')
       continue
-    d, percent = r['difference'], r['metric'].endswith('_error')
-    scale = 100 if percent else 1
+    d, info = r['difference'], infos.get(r['metric'])
+    scale = info.scale if info else 1.0
+    unit = '%' if info and info.unit == '%' else (f' {info.unit}' if info and info.unit else '')
     groups = '; '.join(
         f'{role}: {_group_text(g["group"])} {g["mean"]["mean"] * scale:.4g}'
-        f'{"%" if percent else ""} ({g["seeds"]} seeds'
+        f'{unit} ({g["seeds"]} seeds'
         + (f', {_group_text(g["selected"])}' if g['selected'] else '') + ')'
         for role, g in r['groups'].items())
-    margin = f', margin {100 * r["margin"]:.2g} points' if r['claim']['kind'] == 'within' else ''
+    margin = (f', margin {scale * r["margin"]:.2g}{" points" if unit == "%" else unit}'
+              if r['claim']['kind'] == 'within' else '')
     lines.append(f'| {r["text"]} | **{r["verdict"]}** | {_what(r)} = '
-                 f'{_number(d["mean"], percent)} ({r["how"]}{margin}) | '
-                 f'[{_number(d["low"], percent)}, {_number(d["high"], percent)}] | '
+                 f'{_number(d["mean"], scale)} ({r["how"]}{margin}) | '
+                 f'[{_number(d["low"], scale)}, {_number(d["high"], scale)}] | '
                  f'{d["p_value"]:.3g} | {groups} |')
   return '\n'.join(lines) + '\n'
 

@@ -23,8 +23,6 @@ from ln_jax.errors import UserError
 
 METHOD_NAMES = {'none': 'Baseline', 'batch': 'BatchNorm', 'layer': 'LayerNorm'}  # the paper's
 DEFAULT_GROUP_BY = ('norm', 'batch_size')
-DEFAULT_METRIC = 'test_error'
-DEFAULT_SELECT_BY = 'valid_error'
 MNIST_TRAIN_IMAGES = 60000  # before the validation images are taken off
 # Keys that describe where and how a run was made, not what it trained: never a reason to refuse.
 NOT_EXPERIMENT_KEYS = ('data.dir', 'log_every_seconds', 'checkpoint_every_epochs',
@@ -37,24 +35,26 @@ class Run:
   config: dict    # flattened: {'norm': 'layer', 'data.source': 'idx', ...}
   records: list   # metrics.jsonl, one per step (the latest line wins), in step order
   complete: bool
+  task: dict | None = None  # config.json's task: metric names, units, direction, select_by
 
 
 @dataclasses.dataclass(frozen=True)
 class Defaults:
   """What the sweep's experiment file asks compare for (or the defaults without a sweep)."""
-  metric: str = DEFAULT_METRIC
+  metric: str | None = None      # None: the task's selection metric on the test split
   group_by: tuple = DEFAULT_GROUP_BY
   tuned: tuple = ()
-  select_by: str = DEFAULT_SELECT_BY
+  select_by: str | None = None   # None: the task's selection metric on the validation split
   claims: tuple = ()
 
 
 def read_run(path: str, root: str) -> Run:
   """Raises UserError for an unreadable config.json or a damaged metrics.jsonl line."""
-  config = rundir.flatten(rundir.read_config(path)['config'])
+  described = rundir.read_config(path)
+  config = rundir.flatten(described['config'])
   by_step = {r['step']: r for r in rundir.read_metrics(path)}  # a re-run repeats steps
   return Run(os.path.relpath(path, root), config, [by_step[s] for s in sorted(by_step)],
-             rundir.is_complete(path))
+             rundir.is_complete(path), described.get('task'))
 
 
 def _sweep_file(root: str) -> dict | None:
@@ -112,9 +112,10 @@ def sweep_defaults(roots) -> Defaults:
   for root in roots:
     sweep = _sweep_file(root)
     if sweep is not None:
-      return Defaults(metric=sweep['metrics'][0], group_by=tuple(sweep['group_by']),
+      return Defaults(metric=(sweep.get('metrics') or [None])[0],
+                      group_by=tuple(sweep['group_by']),
                       tuned=tuple(sweep.get('tuned', ())),
-                      select_by=sweep.get('select_by', DEFAULT_SELECT_BY),
+                      select_by=sweep.get('select_by'),
                       claims=tuple(sweep.get('claims', ())))
   return Defaults()
 

@@ -176,8 +176,8 @@ def measure(config, norm: str, *, seed: int = 0, epsilon: float = 0.0, dtype: st
   """Deviation of one normalized layer's output under each transformation, by TRANSFORMS name.
 
   `config` supplies the normalizer settings `norms.make_norm` reads; `norm` and `epsilon`
-  replace its norm and norm_options.epsilon. The inputs are standard normal times `input_scale`. A norm
-  of `EVAL_ROWS` is measured in evaluation mode.
+  replace its norm and norm_options.epsilon. The inputs are standard normal times
+  `input_scale`. A norm of `EVAL_ROWS` is measured in evaluation mode.
   """
   layer_config = config.copy_and_resolve_references()
   layer_config.norm = EVAL_ROWS.get(norm, norm)

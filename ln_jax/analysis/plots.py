@@ -1,7 +1,8 @@
 """Figure 6-style learning curves: one column per panel value (e.g. batch size), a row for the
-training NLL on a log scale and a row for the compared metric (errors in %), one curve per group
-(its selected setting, or every setting). Each curve's label gives the tuned values and the
-training-set size; the band is the 95% t interval of the mean over seeds (none with one seed)."""
+training loss and a row for the compared metric, each in its task's units and axis (log for the
+classifier's NLL, % for its error), one curve per group (its selected setting, or every setting).
+Each curve's label gives the tuned values and the training-set size; the band is the 95% t
+interval of the mean over seeds (none with one seed)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from ln_jax.analysis import compare
+from ln_jax.analysis import metrics as metrics_lib
 
 TRAIN_LOSS = 'train_loss'
 METHOD_COLORS = {'Baseline': 'black', 'BatchNorm': 'tab:blue', 'LayerNorm': 'tab:red'}
-ROW_TITLES = {'train_loss': 'training NLL', 'test_error': 'test error (%)',
-              'valid_error': 'validation error (%)', 'test_loss': 'test NLL'}
 BANDS = {'ci': '95% CI of the mean', 'minmax': 'min-max', 'std': '± 1 std'}
 
 
@@ -45,6 +45,8 @@ def learning_curves(curves: list[dict], keys: tuple[str, ...], panel_key: str | 
                     metric: str, band: str, path_prefix: str) -> list[str]:
   """`curves`: dicts with 'values' (the group's key values), 'runs' and 'detail' (the tuned
   values and training-set size, for the label). Saves PNG and PDF; returns the two paths."""
+  all_runs = [run for c in curves for run in c['runs']]
+  infos = {name: metrics_lib.info(all_runs, name) for name in (TRAIN_LOSS, metric)}
   panel_index = keys.index(panel_key) if panel_key in keys else None
   panels = list(dict.fromkeys(c['values'][panel_index] if panel_index is not None else None
                               for c in curves))
@@ -60,7 +62,8 @@ def learning_curves(curves: list[dict], keys: tuple[str, ...], panel_key: str | 
     for row, name in enumerate(metrics):
       ax = axes[row, col]
       drawn, seen = [], {}
-      scale = 100 if name.endswith('_error') else 1
+      info = infos[name]
+      scale = info.scale
       for curve in curves:
         if panel_index is not None and curve['values'][panel_index] != panel:
           continue
@@ -84,12 +87,12 @@ def learning_curves(curves: list[dict], keys: tuple[str, ...], panel_key: str | 
           else:
             ax.fill_between(c['epoch'], low * scale, high * scale, color=colors[text],
                             alpha=0.2, lw=0)
-      if name.endswith('_loss'):
+      if info.log_scale:
         ax.set_yscale('log')
-      elif drawn:
+      elif drawn and info.lower_is_better and min(float(np.min(c['mean'])) for c in drawn) >= 0:
         ax.set_ylim(0, _error_top(drawn) * scale)
-      ax.grid(alpha=0.3, which='both' if name.endswith('_loss') else 'major')
-      ax.set_ylabel(ROW_TITLES.get(name, name))
+      ax.grid(alpha=0.3, which='both' if info.log_scale else 'major')
+      ax.set_ylabel(info.title)
       if row == 0 and panel_index is not None:
         ax.set_title(f'{panel_key.split(".")[-1].replace("_", " ")} {panel}')
       if row == len(metrics) - 1:

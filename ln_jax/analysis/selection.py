@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 
 from ln_jax.analysis import compare
+from ln_jax.analysis import metrics as metrics_lib
 
 
 @dataclasses.dataclass
@@ -30,12 +31,14 @@ def _finite(value) -> bool:
 
 
 def selected_record(run: compare.Run, select_by: str) -> dict:
-  """The evaluation with the lowest `select_by` (the earliest of equal ones); the final one when
-  the run recorded no finite `select_by`."""
+  """The evaluation with the best `select_by` (lowest, or highest for a metric its task says
+  is higher-is-better; the earliest of equal ones); the final one when the run recorded no finite
+  `select_by`."""
   scored = [r for r in run.records if _finite(r.get(select_by))]
   if not scored:
     return run.records[-1]
-  return min(scored, key=lambda r: r[select_by])
+  sign = 1.0 if metrics_lib.lower_is_better(run, select_by) else -1.0
+  return min(scored, key=lambda r: sign * r[select_by])
 
 
 def final_value(run: compare.Run, metric: str) -> float:
@@ -69,7 +72,7 @@ def check_select_by(runs: list, select_by: str) -> None:
 
 
 def settings(runs: list, tuned: tuple, select_by: str) -> list[Setting]:
-  """The runs of one group split by their tuned values, best (lowest mean `select_by`) first;
+  """The runs of one group split by their tuned values, best (best mean `select_by`) first;
   a setting with no finite score sorts last."""
   split = {}
   for run in runs:
@@ -82,7 +85,8 @@ def settings(runs: list, tuned: tuple, select_by: str) -> list[Setting]:
       scores = [final_value(r, 'train_loss') for r in members]
       scores = [s for s in scores if math.isfinite(s)]
     out.append(Setting(values, members, float(np.mean(scores)) if scores else math.nan))
-  return sorted(out, key=lambda s: (not math.isfinite(s.score), s.score))
+  sign = 1.0 if not runs or metrics_lib.lower_is_better(runs[0], select_by) else -1.0
+  return sorted(out, key=lambda s: (not math.isfinite(s.score), sign * s.score))
 
 
 def tune(groups: dict, tuned: tuple, select_by: str) -> dict:

@@ -24,10 +24,6 @@ class Interval:
   n: int
   p_value: float = math.nan  # of "the true mean is 0" (two-sided); set for differences
 
-  @property
-  def half_width(self) -> float:
-    return (self.high - self.low) / 2
-
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 

@@ -14,13 +14,16 @@ import math
 import numpy as np
 
 from ln_jax.analysis import compare
+from ln_jax.analysis import metrics as metrics_lib
 from ln_jax.analysis import selection
 from ln_jax.analysis import stats
 
 
 def _epochs_to(run, metric: str, threshold: float) -> float:
   epochs, vals = compare.values(run, metric)
-  hit = np.nonzero(vals <= threshold)[0]
+  reached = (vals <= threshold if metrics_lib.lower_is_better(run, metric)
+             else vals >= threshold)
+  hit = np.nonzero(reached)[0]
   return float(epochs[hit[0]]) if len(hit) else math.nan
 
 
@@ -55,28 +58,29 @@ def summarize(tuned_groups: dict, keys: tuple, tuned: tuple, metric: str, select
   return rows
 
 
-def fmt(x: float, percent: bool) -> str:
+def fmt(x: float) -> str:
   if not isinstance(x, (int, float)) or not math.isfinite(x):
     return '-'
-  return f'{100 * x:.2f}' if percent else f'{x:.4g}'
+  return f'{x:.4g}'
 
 
-def _with_interval(row: dict, name: str, percent: bool) -> str:
-  text = fmt(row[f'{name}_mean'], percent)
+def _with_interval(row: dict, name: str, metric: metrics_lib.MetricInfo) -> str:
+  text = metric.show(row[f'{name}_mean'])
   if math.isfinite(row[f'{name}_low']):
-    text += f' [{fmt(row[f"{name}_low"], percent)}, {fmt(row[f"{name}_high"], percent)}]'
+    text += f' [{metric.show(row[f"{name}_low"])}, {metric.show(row[f"{name}_high"])}]'
   return text
 
 
-def markdown_table(rows: list[dict], keys: tuple, tuned: tuple, metric: str, select_by: str,
-                   threshold: float) -> str:
-  percent = metric.endswith('_error')
-  unit = ' (%)' if percent else ''
-  select_percent = select_by.endswith('_error')
+def markdown_table(rows: list[dict], keys: tuple, tuned: tuple, metric: metrics_lib.MetricInfo,
+                   select: metrics_lib.MetricInfo, threshold: float) -> str:
+  """`metric` and `select`: the compared and the selection metric (units and scale from their
+  task); `threshold` is in the metric's stored units."""
+  unit, select_by = metric.unit_suffix, select.key
+  side = '<=' if metric.lower_is_better else '>='
   header = [*keys, *(f'{k.split(".")[-1]} (of {{n}})' for k in tuned), 'train images', 'runs',
-            f'{metric} at best {select_by}{unit}, 95% CI', f'final {metric}{unit}, 95% CI',
-            f'{select_by}{" (%)" if select_percent else ""}',
-            f'epochs to {fmt(threshold, percent)}{"%" if percent else ""}', 'steps/s']
+            f'{metric.key} at best {select_by}{unit}, 95% CI',
+            f'final {metric.key}{unit}, 95% CI', f'{select_by}{select.unit_suffix}',
+            f'epochs to {side} {metric.show(threshold)}{unit}', 'steps/s']
   lines = []
   for row in rows:
     runs = str(row['runs']) + (f' ({row["unfinished"]} unfinished)' if row['unfinished'] else '')
@@ -84,11 +88,10 @@ def markdown_table(rows: list[dict], keys: tuple, tuned: tuple, metric: str, sel
     cells += [f'{row[k]:g}' + ('' if row['selected'] else ' (not selected)')
               if isinstance(row[k], float) else str(row[k]) for k in tuned]
     images = row['train_images']
-    cells += [f'{images:,}' if images else '-', runs, _with_interval(row, 'at_best', percent),
-              _with_interval(row, 'final', percent),
-              fmt(row[f'{select_by}_at_best'], select_percent),
-              f'{fmt(row["epochs_to_threshold"], False)} ({row["reached"]}/{row["runs"]})',
-              fmt(row['steps_per_s'], False)]
+    cells += [f'{images:,}' if images else '-', runs, _with_interval(row, 'at_best', metric),
+              _with_interval(row, 'final', metric), select.show(row[f'{select_by}_at_best']),
+              f'{fmt(row["epochs_to_threshold"])} ({row["reached"]}/{row["runs"]})',
+              fmt(row['steps_per_s'])]
     lines.append('| ' + ' | '.join(cells) + ' |')
   tried = max((r['settings_tried'] for r in rows), default=1)
   header = [h.replace('{n}', str(tried)) for h in header]
@@ -111,14 +114,15 @@ def differences(tuned_groups: dict, keys: tuple, metric: str, select_by: str) ->
   return rows
 
 
-def differences_markdown(rows: list[dict], keys: tuple, metric: str, select_by: str) -> str:
+def differences_markdown(rows: list[dict], keys: tuple, metric: metrics_lib.MetricInfo,
+                         select_by: str) -> str:
   if not rows:
     return ''
-  percent = metric.endswith('_error')
-  scale, unit = (100, ' (points)') if percent else (1, '')
+  scale = metric.scale
+  unit = ' (points)' if metric.unit == '%' else metric.unit_suffix
   name = lambda values: ', '.join(compare.label(k, v) if k == 'norm' else f'{k.split(".")[-1]}'
                                   f' {v}' for k, v in zip(keys, values))
-  lines = [f'| A | B | A - B: {metric} at best {select_by}{unit} | 95% CI | p | seeds |',
+  lines = [f'| A | B | A - B: {metric.key} at best {select_by}{unit} | 95% CI | p | seeds |',
            '|---|---|---|---|---|---|']
   for r in rows:
     interval = (f'[{r["low"] * scale:+.3g}, {r["high"] * scale:+.3g}]'

@@ -70,17 +70,6 @@ def _first_real_entry(x, axes, real):
   return jnp.reshape(shift, keep_dims), jnp.reshape(has_real, keep_dims)
 
 
-def weighted_mean(x, axes, mask):
-  """(mean function over `axes`, count); `mask` (1 = real entry) leaves padding out."""
-  if mask is None:
-    count = jnp.asarray(functools.reduce(lambda n, a: n * x.shape[a], axes, 1), jnp.float32)
-    return (lambda v: jnp.mean(v, axes, keepdims=True)), count
-  real = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
-  count = jnp.sum(real, axes, keepdims=True, dtype=jnp.float32)
-  safe_count = jnp.maximum(count, 1.0)
-  return (lambda v: jnp.sum(jnp.where(real, v, 0.0), axes, keepdims=True) / safe_count), count
-
-
 def centered_moments(x, axes: tuple[int, ...], *, mask=None, use_fast_variance: bool = False,
                      axis_name: str | None = None, axis_index_groups: Any = None,
                      dtype=None):

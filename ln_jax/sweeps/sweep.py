@@ -47,12 +47,13 @@ class Member:
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   spec: str                 # what --experiment said: path[:arg]
-  base_config: str          # config file path[:variant], relative to the repository root
+  base_config: str          # config file path[:variant]: absolute, or relative to the
+                            # experiment file's folder or else to the repository root
   members: tuple[Member, ...]
   metrics: tuple[str, ...]
   group_by: tuple[str, ...]
   tuned: tuple[str, ...] = ()
-  select_by: str = 'valid_error'
+  select_by: str | None = None
   claims: tuple[dict, ...] = ()
 
 
@@ -109,13 +110,24 @@ def load_experiment(spec: str) -> Experiment:
   if not overrides:
     raise UserError(f'experiment {spec} has no members; check its variant {arg!r}')
   names = member_names(overrides)
-  return Experiment(spec=spec, base_config=module.BASE_CONFIG,
+  return Experiment(spec=spec, base_config=_base_config_path(module),
                     members=tuple(Member(n, o) for n, o in zip(names, overrides)),
-                    metrics=tuple(getattr(module, 'METRICS', ('test_error', 'train_loss'))),
+                    # Unset: compare uses the task's selection metric.
+                    metrics=tuple(getattr(module, 'METRICS', ())),
                     group_by=tuple(getattr(module, 'GROUP_BY', ('norm', 'batch_size'))),
                     tuned=tuple(getattr(module, 'TUNED', ())),
-                    select_by=getattr(module, 'SELECT_BY', 'valid_error'),
+                    select_by=getattr(module, 'SELECT_BY', None),
                     claims=tuple(dict(c) for c in getattr(module, 'CLAIMS', ())))
+
+
+def _base_config_path(module) -> str:
+  """The experiment's BASE_CONFIG, found beside the experiment file (a researcher's own
+  experiment and config) before the repository root (the built-in ones)."""
+  path, arg = _split_spec(module.BASE_CONFIG)
+  beside = os.path.join(os.path.dirname(os.path.abspath(module.__file__)), path)
+  if not os.path.isabs(path) and os.path.isfile(beside):
+    return beside + (f':{arg}' if arg else '')
+  return module.BASE_CONFIG
 
 
 def _format_value(value) -> str:
@@ -233,7 +245,7 @@ def check_sweep_file(workdir: str, configs: dict, common: dict[str, str]) -> Non
   (member name -> config), whose runs a compare would otherwise mix with these. The resolved
   configs are compared, not the flags: `LN_JAX_DATA_DIR` and `--config.data.dir` naming the same
   folder are the same sweep. Reads only."""
-  from ln_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top  (imports JAX)
+  from ln_jax.training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, SWEEP_FILE)
   if not os.path.exists(path):
     return

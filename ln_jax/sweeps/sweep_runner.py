@@ -27,8 +27,8 @@ from ln_jax.errors import UserError
 # Whether members that differ only in seed train as one vmapped program by default, per backend,
 # as measured (docs/sweeps.md): on CPU a 4-seed vmap trained at about 0.7x the steady-state
 # throughput of the same seeds run one after another; the quick Figure-6 sweep finished 1.07x
-# sooner vmapped (fewer process starts and compilations), within run-to-run noise, and
-# vmapping refuses population statistics, so separate runs stay the default. `--parallel=2`
+# sooner vmapped (fewer process starts and compilations), within run-to-run noise, so separate
+# runs stay the default. `--parallel=2`
 # was 0.92x `--parallel=1` there (two processes on two cores). Backends not measured yet keep
 # separate runs.
 VMAP_SEEDS_BY_BACKEND = {'cpu': False}

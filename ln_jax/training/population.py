@@ -95,29 +95,33 @@ def _statistics(variables, data, indices, *, apply_fn, task, unbiased: bool, mes
 
 
 _STATIC = ('apply_fn', 'task', 'unbiased', 'mesh')
+_VMAP_STATIC = _STATIC + ('shared_data',)
 statistics = jax.jit(_statistics, static_argnames=_STATIC)
 statistics.__doc__ = """The population (mean, var) of every BN layer, as {path: array} of
 `batch_stats` entries. `apply_fn` is `statistics_model(config, task).apply`; `indices`
 [num_batches, batch] the training batches; `data` the training arrays."""
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def vmapped_statistics(variables, data, indices, *, apply_fn, task, unbiased: bool, mesh=None):
-  """`statistics` for every seed: `variables` and `indices` have a leading seed axis."""
+@functools.partial(jax.jit, static_argnames=_VMAP_STATIC)
+def vmapped_statistics(variables, data, indices, *, apply_fn, task, unbiased: bool, mesh=None,
+                       shared_data: bool = True):
+  """`statistics` for every seed: `variables` and `indices` have a leading seed axis, and so
+  does `data` unless `shared_data`."""
   return jax.vmap(functools.partial(_statistics, apply_fn=apply_fn, task=task,
                                     unbiased=unbiased, mesh=mesh),
-                  in_axes=(0, None, 0))(variables, data, indices)
+                  in_axes=(0, None if shared_data else 0, 0))(variables, data, indices)
 
 
-def evaluator(config, task, data, *, seeds=None, mesh=None):
+def evaluator(config, task, data, *, seeds=None, shared_data: bool = True, mesh=None):
   """`evaluation_state(state, step)`: `state` for the evaluation at `step`, with population
   statistics in its `batch_stats` where `applies` (else `state` itself). Build it once per run:
   it holds the statistics model, so every evaluation reuses one compiled pass. `seeds`: the
-  seeds of a state with a leading seed axis (each seed draws its own batches)."""
+  seeds of a state with a leading seed axis (each seed draws its own batches), whose training
+  arrays `data` are one for all (`shared_data`) or stacked per seed."""
   if not applies(config):
     return lambda state, step: state
   apply_fn = statistics_model(config, task).apply
-  num_train = jax.tree.leaves(data)[0].shape[0]
+  num_train = jax.tree.leaves(data)[0].shape[0 if seeds is None or shared_data else 1]
 
   def evaluation_state(state, step: int):
     kwargs = dict(apply_fn=apply_fn, task=task, unbiased=config.norm_options.unbiased_variance,
@@ -132,7 +136,8 @@ def evaluator(config, task, data, *, seeds=None, mesh=None):
       indices = jnp.stack([batch_indices(config, step, num_train, seed) for seed in seeds])
       if mesh is not None:
         indices = parallel.replicate(indices, mesh)
-      population = vmapped_statistics(variables, data, indices, **kwargs)
+      population = vmapped_statistics(variables, data, indices, shared_data=shared_data,
+                                      **kwargs)
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(state.batch_stats))
     flat.update(population)
     batch_stats = flax.traverse_util.unflatten_dict(flat)

@@ -22,7 +22,8 @@ class Progress:
   log at DEBUG.
   """
 
-  def __init__(self, total_steps: int, batch_size: int, every_s: float, first_step: int = 0):
+  def __init__(self, total_steps: int, batch_size: int, every_s: float, first_step: int = 0,
+               shown: tuple = ('train_loss', 'valid_error', 'test_loss', 'test_error')):
     self._total = total_steps
     self._batch = batch_size
     self._every = every_s
@@ -31,6 +32,7 @@ class Progress:
     self._rate = 0.0
     self._last_print = self._start
     self._level = logging.INFO if parallel.is_primary() else logging.DEBUG
+    self._shown = ('epoch',) + tuple(shown)  # the metrics each evaluation's line shows
 
   def elapsed(self) -> float:
     return time.time() - self._start
@@ -58,7 +60,7 @@ class Progress:
                 self._rate * self._batch, _format_duration(eta) if eta == eta else '?')
 
   def report(self, record: dict) -> None:
-    shown = ('epoch', 'train_loss', 'valid_error', 'test_loss', 'test_error')
     logging.log(self._level, 'step %d | %s | elapsed %s', record['step'],
-                ', '.join(f'{k} {record[k]:.4g}' for k in shown if record.get(k) is not None),
+                ', '.join(f'{k} {record[k]:.4g}' for k in self._shown
+                          if record.get(k) is not None),
                 _format_duration(record['elapsed_s']))

@@ -107,8 +107,29 @@ def epoch_order(data_key, epoch, num_examples: int):
   return jax.random.permutation(jax.random.fold_in(data_key, epoch), num_examples)
 
 
+def has_convolution(state, batch) -> bool:
+  """Whether a training step on `batch` runs a convolution (traced, not run).
+
+  XLA:CPU runs a convolution inside a loop (`lax.scan`) about 8x slower than outside one (the
+  conv net's step at batch 128: 1.96 s in a scan of one step, 0.25 s jitted alone, measured on 2
+  cores), so on the CPU the loop runs such a model one unrolled step per call (unrolling several
+  steps into one program lets XLA fuse across them, and the numbers would then depend on how
+  many; one step per call keeps them independent of `steps_per_call`) and unrolls evaluation.
+  """
+  def primitives(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield eqn.primitive.name
+      for param in eqn.params.values():
+        for sub in (param if isinstance(param, (list, tuple)) else [param]):
+          inner = getattr(sub, 'jaxpr', None)
+          if inner is not None:
+            yield from primitives(getattr(inner, 'jaxpr', inner))
+  traced = jax.make_jaxpr(train_step)(state, batch)
+  return any(name.startswith('conv_general') for name in primitives(traced.jaxpr))
+
+
 def _train_steps(state, data, order, position, window, *, num_steps: int, batch_size: int,
-                 mesh=None):
+                 mesh=None, unroll: bool = False):
   def body(carry, i):
     state, window = carry
     if order is None:  # streamed from the host: data holds this call's batches [K, B, ...]
@@ -123,16 +144,21 @@ def _train_steps(state, data, order, position, window, *, num_steps: int, batch_
                                            window_lib.NO_NONFINITE).astype(jnp.int32)
     return (state, window_lib.accumulate(window, metrics)), None
 
+  if unroll:  # straight-line code (a scan of one step still compiles to a loop)
+    carry = (state, window)
+    for i in range(num_steps):
+      carry, _ = body(carry, jnp.asarray(i))
+    return carry
   (state, window), _ = jax.lax.scan(body, (state, window), jnp.arange(num_steps))
   return state, window
 
 
-_STATIC = ('num_steps', 'batch_size', 'mesh')
+_STATIC = ('num_steps', 'batch_size', 'mesh', 'unroll')
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnums=(0,))
 def train_steps(state, data, order, position, window, *, num_steps: int, batch_size: int,
-                mesh=None):
+                mesh=None, unroll: bool = False):
   """`num_steps` optimizer steps, batch i taken from `order` at (position + i) * batch_size of
   the training arrays `data` (or, with `order` None, `data` holds the batches [K, B, ...]).
 
@@ -140,25 +166,27 @@ def train_steps(state, data, order, position, window, *, num_steps: int, batch_s
   plus 'first_nonfinite': the step count after the first step with a non-finite loss, or
   window.NO_NONFINITE. Adding in step order inside the scan keeps the float sums, not only the
   state, independent of how the steps are grouped into calls. With a `mesh` (see `parallel`)
-  each batch is split over its devices.
+  each batch is split over its devices. `unroll` unrolls the steps (see `has_convolution`).
   """
   return _train_steps(state, data, order, position, window, num_steps=num_steps,
-                      batch_size=batch_size, mesh=mesh)
+                      batch_size=batch_size, mesh=mesh, unroll=unroll)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('shared_data',), donate_argnums=(0,))
 def vmapped_train_steps(states, data, orders, position, windows, *, num_steps: int,
-                        batch_size: int, mesh=None, shared_data: bool = True):
+                        batch_size: int, mesh=None, unroll: bool = False,
+                        shared_data: bool = True):
   """`train_steps` for every seed at once: states, orders and windows have a leading seed axis,
   and so does `data` unless `shared_data` (the seeds train on the same arrays)."""
-  steps = functools.partial(_train_steps, num_steps=num_steps, batch_size=batch_size, mesh=mesh)
+  steps = functools.partial(_train_steps, num_steps=num_steps, batch_size=batch_size, mesh=mesh,
+                            unroll=unroll)
   data_axis = None if shared_data and orders is not None else 0
   return jax.vmap(lambda s, d, o, w: steps(s, d, o, position, w),
                   in_axes=(0, data_axis, 0 if orders is not None else None, 0))(
                       states, data, orders, windows)
 
 
-def _evaluate(state, data, *, batch_size: int, mesh=None):
+def _evaluate(state, data, *, batch_size: int, mesh=None, unroll: bool = False):
   n = jax.tree.leaves(data)[0].shape[0]
   num_batches = -(-n // batch_size)
   idx = jnp.arange(num_batches * batch_size)
@@ -176,20 +204,26 @@ def _evaluate(state, data, *, batch_size: int, mesh=None):
     return {name: totals[name] + jnp.sum(metrics[name] * batch_weights) for name in names}, None
 
   zeros = {name: jnp.zeros((), jnp.float32) for name in names}
-  totals, _ = jax.lax.scan(body, zeros, (idx, weights, jnp.arange(num_batches)))
+  if unroll:  # straight-line code, as in `_train_steps`
+    totals = zeros
+    for b in range(num_batches):
+      totals, _ = body(totals, (idx[b], weights[b], jnp.asarray(b)))
+  else:
+    totals, _ = jax.lax.scan(body, zeros, (idx, weights, jnp.arange(num_batches)))
   return {name: total / n for name, total in totals.items()}
 
 
-@functools.partial(jax.jit, static_argnames=('batch_size', 'mesh'))
-def evaluate(state, data, *, batch_size: int, mesh=None):
+@functools.partial(jax.jit, static_argnames=('batch_size', 'mesh', 'unroll'))
+def evaluate(state, data, *, batch_size: int, mesh=None, unroll: bool = False):
   """The mean of every task metric over a whole split, in compiled batches (the last one wraps
-  around and its repeated examples are masked out of the means)."""
-  return _evaluate(state, data, batch_size=batch_size, mesh=mesh)
+  around and its repeated examples are masked out of the means); `unroll` as `train_steps`."""
+  return _evaluate(state, data, batch_size=batch_size, mesh=mesh, unroll=unroll)
 
 
-@functools.partial(jax.jit, static_argnames=('batch_size', 'mesh', 'shared_data'))
-def vmapped_evaluate(states, data, *, batch_size: int, mesh=None, shared_data: bool = True):
-  return jax.vmap(functools.partial(_evaluate, batch_size=batch_size, mesh=mesh),
+@functools.partial(jax.jit, static_argnames=('batch_size', 'mesh', 'unroll', 'shared_data'))
+def vmapped_evaluate(states, data, *, batch_size: int, mesh=None, unroll: bool = False,
+                     shared_data: bool = True):
+  return jax.vmap(functools.partial(_evaluate, batch_size=batch_size, mesh=mesh, unroll=unroll),
                   in_axes=(0, None if shared_data else 0))(states, data)
 
 

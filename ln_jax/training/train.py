@@ -203,7 +203,7 @@ class _Loop:
     return None
 
   def run(self) -> list[dict]:
-    cfg, schedule = self.config, self.schedule
+    schedule = self.schedule
     if all(s == workdir_lib.COMPLETE for s in self.statuses):
       for w in self.workdirs:
         metrics_repair.check_finished_metrics(w, schedule.eval_steps())
@@ -234,6 +234,12 @@ class _Loop:
     ckpts = [checkpoint.manager(w, cfg.checkpoint_keep) for w in self.workdirs]
     start_step = self._choose_start(ckpts)
     states, data_keys = self._initial_states()
+    example = jax.tree.map(lambda a: a[:cfg.batch_size], self.host_train if not self.per_seed
+                           else _take(self.host_train, 0))
+    self.unroll = jax.default_backend() == 'cpu' and step_lib.has_convolution(states[0], example)
+    if self.unroll:
+      logging.info('the model has convolutions: one step per compiled call, outside a loop '
+                   '(XLA:CPU runs convolutions inside a loop several times slower)')
     empty = window_lib.empty_window(task.metric_names)
     restored = [resume.restore(m, start_step, s, empty) for m, s in zip(ckpts, states)]
     loops = [loop for _, loop in restored]
@@ -256,13 +262,12 @@ class _Loop:
     seeds = [c.seed for c in self.configs] if self.vmapped else None
     pop_data = self.train_data if self.train_data is not None else parallel.replicate(
         self.host_train, mesh)
-    if self.per_seed and population.applies(cfg):
-      raise UserError('norm_options.eval_stats=population with per-seed data (synthetic data '
-                      'differs by seed) cannot be vmapped; run the seeds separately '
-                      '(--novmap_seeds)')
-    evaluation_state = population.evaluator(cfg, task, pop_data, seeds=seeds, mesh=mesh)
+    evaluation_state = population.evaluator(cfg, task, pop_data, seeds=seeds,
+                                            shared_data=not self.per_seed, mesh=mesh)
+    select = task.select_by
     progress = Progress(schedule.total_steps, cfg.batch_size * num_runs, cfg.log_every_seconds,
-                        step)
+                        step, shown=tuple(dict.fromkeys(('train_loss', f'valid_{select}',
+                                                         'test_loss', f'test_{select}'))))
     writers = [rundir.MetricsWriter(w, c, task) if parallel.is_primary()
                else rundir.NoMetricsWriter() for c, w in zip(self.configs, self.workdirs)]
     diverged = set()
@@ -366,6 +371,13 @@ class _Loop:
 
   # ---- one compiled call, one evaluation, one record --------------------------------------
   def _steps(self, state, orders, position, window, num_steps):
+    if self.unroll:  # one unrolled step per call: the same program whatever the chunk size
+      for i in range(num_steps):
+        state, window = self._call(state, orders, position + i, window, 1)
+      return state, window
+    return self._call(state, orders, position, window, num_steps)
+
+  def _call(self, state, orders, position, window, num_steps):
     cfg = self.config
     data, order = self.train_data, orders
     if self.task.stream_from_host:  # gather this call's batches on the host
@@ -383,7 +395,8 @@ class _Loop:
       else:
         data = gather(self.host_train, orders)
       data, order = parallel.replicate(data, self.mesh), None
-    kwargs = dict(num_steps=num_steps, batch_size=cfg.batch_size, mesh=self.mesh)
+    kwargs = dict(num_steps=num_steps, batch_size=cfg.batch_size, mesh=self.mesh,
+                  unroll=self.unroll)
     if self.vmapped:
       return step_lib.vmapped_train_steps(state, data, order, position, window,
                                           shared_data=not self.per_seed, **kwargs)
@@ -399,9 +412,10 @@ class _Loop:
     for name, data in self.eval_sets.items():
       if self.vmapped:
         metrics = step_lib.vmapped_evaluate(state, data, batch_size=eval_batch, mesh=self.mesh,
-                                            shared_data=not self.per_seed)
+                                            unroll=self.unroll, shared_data=not self.per_seed)
       else:
-        metrics = step_lib.evaluate(state, data, batch_size=eval_batch, mesh=self.mesh)
+        metrics = step_lib.evaluate(state, data, batch_size=eval_batch, mesh=self.mesh,
+                                    unroll=self.unroll)
       out[name] = jax.device_get(metrics)
     return out
 
