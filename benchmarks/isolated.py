@@ -103,7 +103,7 @@ def _build(spec: dict):
     return run, {}
   from benchmarks import load_config, peers, training
   if 'lstm_kernel' in spec:  # which recurrent layers use the hand-written backward pass
-    from ln_jax.layers import lstm_kernel
+    from ln_jax.kernels import lstm_kernel
     lstm_kernel.FUSED_KINDS = tuple(spec['lstm_kernel'])
   images, labels = training.make_dataset(spec.get('num_examples', training.NUM_TRAIN))
   config = load_config(spec['config'], spec['overrides'])

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ln_jax import layers
-from ln_jax.layers import fused_norms
+from ln_jax.kernels import fused_norms
 
 PASSES_PER_CALL = 10
 

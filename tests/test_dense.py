@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ln_jax.kernels import fused_matmul
 from ln_jax.layers import dense
 
 
@@ -16,8 +17,8 @@ def _loss(apply):
   return loss
 
 
-@pytest.mark.parametrize('batch', [1, 4, dense.OUTER_PRODUCT_MAX_ROWS,
-                                   dense.OUTER_PRODUCT_MAX_ROWS + 1, 32])
+@pytest.mark.parametrize('batch', [1, 4, fused_matmul.OUTER_PRODUCT_MAX_ROWS,
+                                   fused_matmul.OUTER_PRODUCT_MAX_ROWS + 1, 32])
 def test_same_parameters_values_and_gradients_as_flax_dense(batch):
   x = jax.random.normal(jax.random.key(0), (batch, 7))
   ours, flax_dense = dense.Dense(5), nn.Dense(5)
@@ -77,5 +78,5 @@ def test_small_batch_weight_gradient_is_not_a_matrix_product():
                                              for shape in ('200x300', '300x200'))]
 
   assert not weight_dots(4)
-  assert weight_dots(dense.OUTER_PRODUCT_MAX_ROWS + 1)
+  assert weight_dots(fused_matmul.OUTER_PRODUCT_MAX_ROWS + 1)
   assert weight_dots(4, dense.Dense(300, use_bias=False, fuse_weight_grad=False))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ln_jax import layers
-from ln_jax.layers import fused_norms
+from ln_jax.kernels import fused_norms
 
 
 def _value_and_grads(apply, module, x, dy):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ln_jax.layers import cells
-from ln_jax.layers import lstm_kernel
-from ln_jax.layers import projection
+from ln_jax.kernels import lstm_kernel
+from ln_jax.kernels import projection
 
 
 def _max_relative(a, b):

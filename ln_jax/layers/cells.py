@@ -38,8 +38,8 @@ import numpy as np
 
 from ln_jax.layers import batch_renorm
 from ln_jax.layers import group_norm
-from ln_jax.layers import lstm_kernel
-from ln_jax.layers import projection
+from ln_jax.kernels import lstm_kernel
+from ln_jax.kernels import projection
 from ln_jax.layers import statistics
 
 CELLS = ('lstm', 'gru', 'rnn')

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from ln_jax.layers import fused_norms
+from ln_jax.kernels import fused_norms
 from ln_jax.layers import statistics
 
 GATES = 4  # f, i, o, g
