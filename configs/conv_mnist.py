@@ -25,16 +25,7 @@ def get_config(arg=None):
   config.model.hidden_size = 128         # the dense layer before the logits
   config.model.num_classes = data.NUM_CLASSES
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = 'mnist'
-  config.data.source = data.default_source()
-  config.data.dir = data.default_data_dir()
-  config.data.valid_size = 5000
-  config.data.train_size = ml_collections.config_dict.placeholder(int)
-  config.data.permute = False
-  config.data.permutation_seed = 0
-  config.data.synthetic_train_size = 6000
-  config.data.synthetic_test_size = 1000
+  config.data = data.mnist_config(permute=False)
 
   config.batch_size = 128
   config.num_epochs = 5.0

@@ -26,16 +26,7 @@ def get_config(arg=None):
   config.model.norm_logits = ml_collections.config_dict.placeholder(bool)  # None: the paper's
                                             # placement (BN on the logits too, LN not)
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = 'mnist'
-  config.data.source = data.default_source()   # 'tfds' | 'idx' | 'synthetic'
-  config.data.dir = data.default_data_dir()     # IDX folder, or TFDS data_dir ('' = TFDS default)
-  config.data.valid_size = 5000
-  config.data.train_size = ml_collections.config_dict.placeholder(int)  # cap, for quick runs
-  config.data.permute = True
-  config.data.permutation_seed = 0
-  config.data.synthetic_train_size = 6000
-  config.data.synthetic_test_size = 1000
+  config.data = data.mnist_config(permute=True)
 
   configlib.apply_variant(config, arg, PRESETS)
   return config.lock()

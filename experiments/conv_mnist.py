@@ -49,7 +49,7 @@ VARIANTS = {
            'learning_rates': (3e-4, 1e-3, 3e-3),
            'run': {'num_epochs': 20.0, 'eval_every_epochs': 0.5}},
     'cpu': {'norms': ('none', 'batch', 'layer'), 'seeds': 3, 'learning_rates': (1e-3, 3e-3),
-            'run': {'num_epochs': 2.0, 'eval_every_epochs': 0.25}},
+            'run': {'num_epochs': 1.0, 'eval_every_epochs': 0.25}},
     'quick': {'norms': ('none', 'batch', 'layer'), 'seeds': 3, 'learning_rates': (1e-3,),
               'run': {'num_epochs': 1.0, 'eval_every_epochs': 0.25, 'data.train_size': 10000}},
 }

@@ -16,10 +16,14 @@ from ln_jax.layers import BatchNorm
 from ln_jax.layers import BatchRenorm
 from ln_jax.layers import Dense
 from ln_jax.layers import GroupNorm
+from ln_jax.layers import GRUCell
 from ln_jax.layers import LayerNorm
+from ln_jax.layers import LSTMCell
 from ln_jax.layers import NormSpec
 from ln_jax.layers import RecurrentLayer
 from ln_jax.layers import RMSNorm
+from ln_jax.layers import rnn_options
+from ln_jax.layers import SimpleRNNCell
 from ln_jax.layers import WeightNormDense
 
 __version__ = '0.2.0'

@@ -172,6 +172,22 @@ def default_source() -> str:
   return 'idx' if os.environ.get(DATA_DIR_ENV) else 'tfds'
 
 
+def mnist_config(permute: bool):
+  """The `data` group of an MNIST config: source, folder, split sizes and the permutation."""
+  import ml_collections
+  d = ml_collections.ConfigDict()
+  d.name = 'mnist'
+  d.source = default_source()        # 'tfds' | 'idx' | 'synthetic'
+  d.dir = default_data_dir()         # IDX folder, or TFDS data_dir ('' = TFDS default)
+  d.valid_size = 5000
+  d.train_size = ml_collections.config_dict.placeholder(int)  # cap, for quick runs
+  d.permute = permute                # a fixed, seeded pixel permutation
+  d.permutation_seed = 0
+  d.synthetic_train_size = 6000
+  d.synthetic_test_size = 1000
+  return d
+
+
 def pixel_permutation(seed: int) -> np.ndarray:
   return np.random.default_rng(seed).permutation(NUM_PIXELS)
 

@@ -107,6 +107,7 @@ def _batch_renorm(o, train, spatial):
 
 
 def _group_checks(o, widths):
+  widths = widths or ()
   return [(isinstance(o.groups, int) and o.groups >= 1 and all(w % o.groups == 0 for w in widths),
            f'norm_options.groups={o.groups} must be a positive divisor of every normalized '
            f'width {tuple(widths)}; e.g. --config.norm_options.groups=1 (LayerNorm)')]
@@ -149,7 +150,8 @@ class Normalizer:
   layer (None: no norm module, as for 'none' and 'weight'); `batch_dependent`: its training
   output depends on the other examples of the batch (BN's family: population statistics, the
   paper's placement on the logits too, recurrent states that must differ over the batch);
-  `recurrent`: the recurrent cells have it; `checks(options, widths)`: its bad values.
+  `recurrent`: the recurrent cells have it; `checks(options, widths)`: its bad values (`widths`
+  None when another normalizer is chosen: its settings are still checked, not the widths).
   """
   layer: Callable[..., tuple[type, dict]] | None = None
   batch_dependent: bool = False
@@ -168,6 +170,8 @@ NORMALIZERS = {
 }
 NORMS = tuple(NORMALIZERS)
 RECURRENT_NORMS = tuple(name for name, n in NORMALIZERS.items() if n.recurrent)
+# A conv net takes every norm with a layer (weight norm reparameterizes dense layers only).
+CONV_NORMS = ('none',) + tuple(name for name, n in NORMALIZERS.items() if n.layer is not None)
 
 
 def batch_dependent(norm: str) -> bool:
@@ -221,7 +225,9 @@ def checks(config, widths=()) -> list[tuple[bool, str]]:
   o = config.norm_options
   if config.norm not in NORMALIZERS:
     return [(False, f'unknown norm {config.norm!r}; choose one of {", ".join(NORMS)}')]
-  return [
+  # Every normalizer's settings are checked, so a bad value fails whichever norm is chosen; the
+  # widths only for the chosen one.
+  out = [
       (o.epsilon >= 0, f'norm_options.epsilon={o.epsilon} must be >= 0'),
       (o.gamma_init is None or o.gamma_init > 0,
        f'norm_options.gamma_init={o.gamma_init} must be positive (or unset)'),
@@ -229,3 +235,7 @@ def checks(config, widths=()) -> list[tuple[bool, str]]:
        f'norm_options.max_steps={o.max_steps} must be positive, or unset for the sequence '
        'length'),
   ] + NORMALIZERS[config.norm].checks(o, widths)
+  for name, entry in NORMALIZERS.items():
+    if name != config.norm:
+      out += [check for check in entry.checks(o, None) if check not in out]
+  return out

@@ -78,7 +78,7 @@ def _check_choices(values, choices, flag: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  from ln_jax import layers
+  from ln_jax import norms
   from ln_jax.training import rundir
   from benchmarks import real_run
   from benchmarks import suite
@@ -92,7 +92,7 @@ def main(argv):
     except ValueError:
       raise UserError(f'--ln_shapes: {shape!r} is not rows x features, e.g. 8192x1000') from None
     ln_shapes.append((rows, features))
-  _check_choices(_NORMS.value, layers.NORMS, 'norms')
+  _check_choices(_NORMS.value, norms.NORMS, 'norms')
   _check_choices(_CONTENDERS.value, suite.MLP_CONTENDERS, 'contenders')
   _check_choices(_PARTS.value, PARTS, 'parts')
   _check_choices(_CELLS_VARIANTS.value, _CELLS_STEPS, 'cells_variants')

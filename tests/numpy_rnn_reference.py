@@ -90,3 +90,16 @@ def run(cell, normalizer, params, x, lengths=None):
       c_new = c_prev
     h[alive], c[alive], outputs[alive, t] = h_new, c_new, h_new
   return outputs, h, c
+
+
+def cell_state_layer_norm(params, eps):
+  """The normalizer of the DRAW LSTM (paper supplement): LN of the cell state c only, the
+  summed inputs of the gates un-normalized. Called as `Normalizer` is, by `run`."""
+  def norm(name, a, t):
+    del t
+    if name != 'norm_c':
+      return a
+    p = params[name]
+    return layer_norm(a, np.asarray(p['scale'], np.float64), np.asarray(p['bias'], np.float64),
+                      eps)
+  return norm

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ln_jax.analysis import compare
+from ln_jax.analysis import metrics as metrics_lib
 from ln_jax.analysis import selection
 from ln_jax.analysis import tables
 from ln_jax.training import rundir
@@ -134,7 +135,8 @@ def test_hand_made_runs_repeated_steps_and_unfinished_runs(tmp_path):
   # No validation metric: each run is read at its final evaluation, never at its best test.
   assert batch['at_best_mean'] == pytest.approx(0.25) and batch['final_mean'] == 0.25
   assert batch['reached'] == 2 and batch['epochs_to_threshold'] == pytest.approx(1.5)
-  table = tables.markdown_table(rows, ('norm',), (), 'test_error', 'valid_error', 0.35)
+  table = tables.markdown_table(rows, ('norm',), (), metrics_lib.info(runs, 'test_error'),
+                                metrics_lib.info(runs, 'valid_error'), 0.35)
   assert '| LayerNorm | - | 1 | 10.00 | 10.00 | - | 1 (1/1) | - |' in table
 
   with pytest.raises(UserError, match="no run has config key 'nrom'"):
@@ -172,8 +174,9 @@ def test_tuned_key_picks_the_best_mean_validation_over_seeds(tmp_path):
   rows = tables.summarize({('layer',): settings}, ('norm',), ('learning_rate',), 'test_error',
                           'valid_error', 0.1, all_settings=True)
   assert [(r['learning_rate'], r['selected']) for r in rows] == [(0.01, True), (0.1, False)]
-  table = tables.markdown_table(rows, ('norm',), ('learning_rate',), 'test_error',
-                                'valid_error', 0.1)
+  table = tables.markdown_table(rows, ('norm',), ('learning_rate',),
+                                metrics_lib.info(runs, 'test_error'),
+                                metrics_lib.info(runs, 'valid_error'), 0.1)
   assert 'learning_rate (of 2)' in table and '| 0.1 (not selected) |' in table
 
 

@@ -17,10 +17,12 @@ import pytest
 
 from ln_jax.training import checkpoint
 from ln_jax import data as data_lib
-from ln_jax.training import resume
 from ln_jax.training import rundir
+from ln_jax.training import step as step_lib
 from ln_jax.training import train
+from ln_jax.training import workdir as workdir_lib
 from ln_jax.errors import UserError
+from conftest import classification_task
 from conftest import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -74,7 +76,7 @@ def _existing_run(workdir: pathlib.Path) -> pathlib.Path:
   """A workdir holding the start of a `tiny` run (norm=layer)."""
   workdir.mkdir()
   rundir.write_json_atomic(str(workdir / rundir.CONFIG_FILE),
-                           rundir.describe_run(_pi_mnist_config('tiny')))
+                           rundir.describe_run(_pi_mnist_config('tiny'), classification_task()))
   (workdir / rundir.METRICS_FILE).write_text('{"step": 16, "train_loss": 1.5}\n')
   return workdir
 
@@ -90,6 +92,16 @@ CASES = {
                            "unknown config key 'model.widht'"),
     'unknown_key_in_variant': (lambda d: [f'--config={TINY},nrom=layer'],
                                "unknown config key 'nrom'"),
+    # Keys that moved into norm_options (or model.) name their new place.
+    'moved_key': (lambda d: ['--config.bn_momentum=0.9'],
+                  "config key 'bn_momentum' moved to 'norm_options.momentum'; use "
+                  '--config.norm_options.momentum=VALUE'),
+    'moved_key_in_variant': (lambda d: [f'--config={TINY},gn_groups=2'],
+                             "config key 'gn_groups' moved to 'norm_options.groups'; use "
+                             '--config.norm_options.groups=VALUE'),
+    'moved_nested_key': (lambda d: ['--config.model.bn_max_steps=3'],
+                         "config key 'model.bn_max_steps' moved to 'norm_options.max_steps'; use "
+                         '--config.norm_options.max_steps=VALUE'),
     'wrong_type': (lambda d: ['--config.batch_size=abc'], 'batch_size=abc'),
     'wrong_type_in_variant': (lambda d: [f'--config={TINY},learning_rate=fast'],
                               "learning_rate='fast' should be of type float"),
@@ -145,41 +157,59 @@ if os.geteuid() != 0:  # root reads and writes whatever the permissions say
   CASES['workdir_unreadable'] = (lambda d: [f'--workdir={_locked(d / "run")}'],
                                  'is not readable and writable')
 
-# A bad value for every key of configs/pi_mnist.py and configs/seq_mnist.py, checked in this
-# process on each config file that has the key: key -> (the `tiny` variant's overrides, text of the
-# UserError). test_every_config_key_has_a_bad_value_case fails for a key missing here.
+# A bad value for every key of configs/pi_mnist.py, seq_mnist.py and conv_mnist.py, checked in
+# this process on each config file that has the key: key -> (the `tiny` variant's overrides, text
+# of the UserError). test_every_config_key_has_a_bad_value_case fails for a key missing here.
 BAD_VALUES = {
+    'task': ('task=regression', "unknown task 'regression'"),
     'norm': ('norm=instance', "unknown norm 'instance'"),
-    'norm_logits': ('norm_logits=maybe', "norm_logits='maybe' is not a boolean"),
-    'norm_epsilon': ('norm_epsilon=-1.0', 'norm_epsilon=-1.0 must be >= 0'),
-    'norm_fast_variance': ('norm_fast_variance=maybe', "norm_fast_variance='maybe' is not a"),
-    'bn_momentum': ('bn_momentum=1.0', 'bn_momentum=1.0 must be in [0, 1)'),
-    'bn_unbiased_variance': ('bn_unbiased_variance=2', "bn_unbiased_variance='2' is not a"),
-    'bn_eval_stats': ('bn_eval_stats=mean', "bn_eval_stats='mean' must be one of running, batch"),
-    'bn_population_batches': ('bn_eval_stats=population,bn_population_batches=0',
-                              'bn_population_batches=0 must be a positive number of batches'),
-    'gn_groups': ('norm=group,gn_groups=3', 'gn_groups=3 must be a positive divisor'),
-    'renorm_r_max': ('norm=batch_renorm,renorm_r_max=0.5', 'renorm_r_max=0.5 must be >= 1'),
-    'renorm_d_max': ('norm=batch_renorm,renorm_d_max=-1.0', 'renorm_d_max=-1.0 must be >= 0'),
-    'renorm_start_step': ('norm=batch_renorm,renorm_start_step=-1',
-                          'renorm_start_step=-1 must be >= 0'),
-    'renorm_r_max_step': ('norm=batch_renorm,renorm_start_step=10,renorm_r_max_step=5',
-                          'renorm_r_max_step=5 and renorm_d_max_step='),
-    'renorm_d_max_step': ('norm=batch_renorm,renorm_start_step=30000,renorm_d_max_step=20000',
-                          'renorm_d_max_step=20000 must be >= renorm_start_step=30000'),
-    'bn_ghost_batches': ('bn_ghost_batches=3', 'bn_ghost_batches=3 must be >= 1 and divide'),
-    'bn_gamma_init': ('bn_gamma_init=0.0', 'bn_gamma_init=0.0 must be positive'),
+    'model.norm_logits': ('model.norm_logits=maybe', "model.norm_logits='maybe' is not a boolean"),
+    'norm_options.epsilon': ('norm_options.epsilon=-1.0',
+                             'norm_options.epsilon=-1.0 must be >= 0'),
+    'norm_options.fast_variance': ('norm_options.fast_variance=maybe',
+                                   "norm_options.fast_variance='maybe' is not a"),
+    # BatchNorm's settings are checked for the norms they apply to.
+    'norm_options.momentum': ('norm=batch,norm_options.momentum=1.0',
+                              'norm_options.momentum=1.0 must be in [0, 1)'),
+    'norm_options.unbiased_variance': ('norm_options.unbiased_variance=2',
+                                       "norm_options.unbiased_variance='2' is not a"),
+    'norm_options.eval_stats': ('norm=batch,norm_options.eval_stats=mean',
+                                "norm_options.eval_stats='mean' must be one of running, batch"),
+    'norm_options.population_batches': (
+        'norm=batch,norm_options.eval_stats=population,norm_options.population_batches=0',
+        'norm_options.population_batches=0 must be a positive number of batches'),
+    'norm_options.groups': ('norm=group,norm_options.groups=3',
+                            'norm_options.groups=3 must be a positive divisor'),
+    'norm_options.renorm_r_max': ('norm=batch_renorm,norm_options.renorm_r_max=0.5',
+                                  'norm_options.renorm_r_max=0.5 must be >= 1'),
+    'norm_options.renorm_d_max': ('norm=batch_renorm,norm_options.renorm_d_max=-1.0',
+                                  'norm_options.renorm_d_max=-1.0 must be >= 0'),
+    'norm_options.renorm_start_step': ('norm=batch_renorm,norm_options.renorm_start_step=-1',
+                                       'norm_options.renorm_start_step=-1 must be >= 0'),
+    'norm_options.renorm_r_max_step': (
+        'norm=batch_renorm,norm_options.renorm_start_step=10,norm_options.renorm_r_max_step=5',
+        'norm_options.renorm_r_max_step=5 and renorm_d_max_step='),
+    'norm_options.renorm_d_max_step': (
+        'norm=batch_renorm,norm_options.renorm_start_step=30000,'
+        'norm_options.renorm_d_max_step=20000',
+        'renorm_d_max_step=20000 must be >= renorm_start_step=30000'),
+    'norm_options.ghost_batches': ('norm_options.ghost_batches=3',
+                                   'norm_options.ghost_batches=3 must divide batch_size=16'),
+    'norm_options.gamma_init': ('norm_options.gamma_init=0.0',
+                                'norm_options.gamma_init=0.0 must be positive'),
+    'norm_options.max_steps': ('norm_options.max_steps=0',
+                               'norm_options.max_steps=0 must be positive'),
     'model.name': ('model.name=cnn', "unknown model.name 'cnn'"),
     'model.hidden_sizes': ('model.hidden_sizes=()', 'model.hidden_sizes=() is empty'),
     'model.num_classes': ('model.num_classes=5', 'model.num_classes=5 must be 10'),
     'model.activation': ('model.activation=swish9', "unknown model.activation 'swish9'"),
+    'model.features': ('model.features=0', 'model.features=(0,) must be one or more positive'),
     'model.cell': ('model.cell=lstm2', "unknown model.cell 'lstm2'"),
     'model.hidden_size': ('model.hidden_size=0', 'model.hidden_size=0 must be positive'),
     'model.num_layers': ('model.num_layers=0', 'model.num_layers=0 must be positive'),
     'model.pixels_per_step': ('model.pixels_per_step=5', 'model.pixels_per_step=5 must divide'),
     'model.forget_bias': ('model.forget_bias=1e999', 'model.forget_bias=inf must be a finite'),
     'model.initial_state': ('model.initial_state=ones', "unknown model.initial_state 'ones'"),
-    'model.bn_max_steps': ('model.bn_max_steps=0', 'model.bn_max_steps=0 must be positive'),
     'data.name': ('data.name=cifar10', "unknown data.name 'cifar10'"),
     'data.source': ('data.source=web', "unknown data.source 'web'"),
     'data.dir': ('data.source=idx,data.dir=/no/such/dir', 'data.dir=/no/such/dir is not a'),
@@ -211,7 +241,7 @@ BAD_VALUES = {
     'checkpoint_keep': ('checkpoint_keep=0', 'checkpoint_keep=0 must be at least 1'),
     'on_nonfinite': ('on_nonfinite=ignore', "on_nonfinite='ignore' must be one of stop, skip"),
 }
-CONFIG_FILES = ('configs/pi_mnist.py', 'configs/seq_mnist.py')
+CONFIG_FILES = ('configs/pi_mnist.py', 'configs/seq_mnist.py', 'configs/conv_mnist.py')
 
 
 def _config_keys(config_file: str) -> list[str]:
@@ -296,14 +326,14 @@ def test_wrong_type_inside_a_tuple_is_refused(tmp_path):
 def test_workdir_that_cannot_be_created_is_refused(tmp_path):
   (tmp_path / 'file').write_text('not a folder')
   with pytest.raises(UserError, match='cannot create workdir .*file is not a writable directory'):
-    resume.check_workdir(str(tmp_path / 'file' / 'run'))
+    workdir_lib.check_workdir(str(tmp_path / 'file' / 'run'))
 
 
 @pytest.fixture
 def poison_inputs(monkeypatch):
   """poison_inputs(steps) makes the model's inputs NaN in those training steps (counted from 1),
   so that the loss, the gradients and BatchNorm's batch statistics all turn NaN."""
-  real_train_step = train.train_step
+  real_train_step = step_lib.train_step
 
   def poison(steps):
     def train_step(state, batch):
@@ -316,12 +346,12 @@ def poison_inputs(monkeypatch):
       new_state, metrics = real_train_step(state.replace(apply_fn=poisoned_apply), batch)
       return new_state.replace(apply_fn=apply), metrics
 
-    monkeypatch.setattr(train, 'train_step', train_step)
-    train.train_steps.clear_cache()
+    monkeypatch.setattr(step_lib, 'train_step', train_step)
+    step_lib.train_steps.clear_cache()
 
   yield poison
   monkeypatch.undo()
-  train.train_steps.clear_cache()
+  step_lib.train_steps.clear_cache()
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path, poison_inputs):

@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 import pytest
+from conftest import classification_task
 from conftest import load_config
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2
@@ -83,7 +84,10 @@ def test_hparams_hold_the_flattened_config_and_the_metrics(tiny_run):
   kinds = {h.name: h.type for h in experiment.hparam_infos}
   assert kinds['norm'] == api_pb2.DATA_TYPE_STRING
   assert kinds['batch_size'] == api_pb2.DATA_TYPE_FLOAT64
-  assert [m.name.tag for m in experiment.metric_infos] == list(events.METRIC_TAGS)
+  assert [m.name.tag for m in experiment.metric_infos] == list(
+      events.metric_tags(classification_task())) == [
+          'train/loss', 'train/error', 'valid/loss', 'valid/error', 'test/loss', 'test/error',
+          'best/valid_error', 'best/test_error']
   end = hparams_metadata.parse_session_end_info_plugin_data(content[events.SESSION_END_TAG])
   assert end.status == api_pb2.STATUS_SUCCESS
 
@@ -92,7 +96,7 @@ def test_an_unfinished_run_has_no_session_end_and_a_resumed_one_keeps_its_best(t
   flat = {'batch_size': 4, 'norm': 'layer', 'learning_rate': 1e-3}
   first = str(tmp_path / 'first')
   os.makedirs(first)
-  writer = events.EventWriter(first, flat)
+  writer = events.EventWriter(first, flat, classification_task())
   writer.write({'step': 10, 'valid_error': 0.2, 'test_error': 0.25})
   writer.close()
   assert set(_hparams_data(_load(first))) == {events.EXPERIMENT_TAG, events.SESSION_START_TAG}
@@ -100,7 +104,7 @@ def test_an_unfinished_run_has_no_session_end_and_a_resumed_one_keeps_its_best(t
   resumed = str(tmp_path / 'resumed')
   os.makedirs(resumed)
   previous = [{'step': 10, 'valid_error': 0.1, 'test_error': 0.12}]
-  writer = events.EventWriter(resumed, flat, previous)
+  writer = events.EventWriter(resumed, flat, classification_task(), previous)
   writer.write({'step': 20, 'valid_error': 0.15, 'test_error': 0.11})
   writer.finish()
   writer.close()
@@ -139,7 +143,8 @@ def test_the_hparams_dashboard_lists_each_run_as_tensorboard_serves_it(tmp_path)
     workdir = tmp_path / f'norm-{norm}_bs-{batch_size}'
     workdir.mkdir()
     writer = events.EventWriter(str(workdir), {'norm': norm, 'batch_size': batch_size,
-                                               'learning_rate': 1e-3, 'seed': 0})
+                                               'learning_rate': 1e-3, 'seed': 0},
+                                classification_task())
     writer.write({'step': 10, 'train_loss': 0.5, 'valid_error': 0.1, 'test_error': 0.2})
     writer.finish()
     writer.close()

@@ -7,11 +7,12 @@ import os
 import jax
 import numpy as np
 
+from conftest import empty_window
 from conftest import load_config
+from conftest import new_train_state
 from ln_jax import data
-from ln_jax import models
-from ln_jax.training import resume
 from ln_jax.training import rundir
+from ln_jax.training import step as step_lib
 from ln_jax.training import train
 
 WALL_CLOCK = ('elapsed_s', 'steps_per_s')
@@ -21,9 +22,8 @@ def _setup(norm: str):
   config = load_config('configs/pi_mnist.py', f'tiny,norm={norm}')
   split = data.load_splits(config.data, config.seed)['train']
   init_key, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = train.create_train_state(config, models.create_model(config), init_key,
-                                   split.images[:1])
-  order = train.epoch_order(data_key, 0, len(split))
+  state = new_train_state(config, init_key, split.images[:1])
+  order = step_lib.epoch_order(data_key, 0, len(split))
   return config, split, state, order
 
 
@@ -36,10 +36,11 @@ def test_grouping_of_steps_leaves_state_and_sums_bitwise_equal():
   results = {}
   for chunks in ((1,) * 4, (4,)):  # (uneven chunks: see the end-to-end test below)
     state = jax.tree.map(np.array, initial)  # a fresh copy: train_steps donates its input
-    totals, position = resume.empty_window(), 0
+    totals, position = empty_window(), 0
+    arrays = {'image': split.images, 'label': split.labels}
     for n in chunks:
-      state, totals = train.train_steps(state, split.images, split.labels, order, position,
-                                        totals, num_steps=n, batch_size=config.batch_size)
+      state, totals = step_lib.train_steps(state, arrays, order, position, totals, num_steps=n,
+                                           batch_size=config.batch_size)
       position += n
     results[chunks] = _leaves(state, totals)
   reference = results[(1,) * 4]
@@ -50,10 +51,10 @@ def test_grouping_of_steps_leaves_state_and_sums_bitwise_equal():
 
 def test_fused_steps_match_a_step_by_step_loop():
   config, split, initial, order = _setup('batch')
-  fused, totals = train.train_steps(jax.tree.map(np.array, initial), split.images, split.labels,
-                                    order, 0, resume.empty_window(), num_steps=4,
-                                    batch_size=config.batch_size)
-  step = jax.jit(train.train_step)
+  fused, totals = step_lib.train_steps(jax.tree.map(np.array, initial),
+                                       {'image': split.images, 'label': split.labels}, order, 0,
+                                       empty_window(), num_steps=4, batch_size=config.batch_size)
+  step = jax.jit(step_lib.train_step)
   state, losses = initial, []
   for i in range(4):
     idx = np.asarray(order[i * config.batch_size:(i + 1) * config.batch_size])

@@ -46,9 +46,9 @@ def test_layer_norm_on_hidden_layers_only_and_batch_norm_on_logits_too():
 
 
 def test_norm_logits_overrides_the_default():
-  params = _init(load_config('configs/pi_mnist.py', 'norm=layer,norm_logits=true'))[1]['params']
+  params = _init(load_config('configs/pi_mnist.py', 'norm=layer,model.norm_logits=true'))[1]['params']
   assert 'norm_2' in params
-  params = _init(load_config('configs/pi_mnist.py', 'norm=batch,norm_logits=false'))[1]['params']
+  params = _init(load_config('configs/pi_mnist.py', 'norm=batch,model.norm_logits=false'))[1]['params']
   assert 'norm_2' not in params and 'bias' in params['logits']
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from ln_jax.training import checkpoint
-from ln_jax.training import resume
+from ln_jax.training import metrics_repair
+from ln_jax.training import workdir as workdir_lib
 from ln_jax.training import rundir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def _files(workdir: pathlib.Path) -> dict:
 
 
 def _metrics(workdir: pathlib.Path) -> list[dict]:
-  return [{k: v for k, v in record.items() if k not in resume.WALL_CLOCK_KEYS}
+  return [{k: v for k, v in record.items() if k not in metrics_repair.WALL_CLOCK_KEYS}
           for record in rundir.read_metrics(str(workdir))]
 
 
@@ -113,7 +114,7 @@ def test_two_processes_write_one_run(runs):
   config = json.loads((shared / rundir.CONFIG_FILE).read_text())
   assert config['device']['count'] == 4
   assert os.listdir(shared / checkpoint.CHECKPOINT_DIR) == ['20']
-  assert len(list(shared.glob(resume.EVENTS_GLOB))) == 1
+  assert len(list(shared.glob(workdir_lib.EVENTS_GLOB))) == 1
 
 
 def test_only_process_0_logs_progress(runs):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from ln_jax import layers
+from ln_jax import norms
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -216,15 +217,15 @@ def test_batch_norm_statistics_are_global_when_batch_is_sharded():
 
 def test_make_norm_by_name(tiny_config):
   tiny_config.norm = 'none'
-  assert layers.make_norm(tiny_config) is None
+  assert norms.make_norm(tiny_config) is None
   tiny_config.norm = 'layer'
-  assert isinstance(layers.make_norm(tiny_config)(train=True), layers.LayerNorm)
+  assert isinstance(norms.make_norm(tiny_config)(train=True), layers.LayerNorm)
   tiny_config.norm = 'batch'
-  make = layers.make_norm(tiny_config)
+  make = norms.make_norm(tiny_config)
   assert make(train=True).use_running_average is False
   assert make(train=False).use_running_average is True
-  tiny_config.bn_eval_stats = 'batch'
-  assert layers.make_norm(tiny_config)(train=False).use_running_average is False
+  tiny_config.norm_options.eval_stats = 'batch'
+  assert norms.make_norm(tiny_config)(train=False).use_running_average is False
 
 
 @pytest.mark.parametrize('layer', ['recurrent', 'batch_norm'])

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import classification_task
 from conftest import load_config
 from ln_jax.training import config_checks
 from ln_jax.layers import cells
@@ -188,7 +189,7 @@ def test_seq_mnist_variants(variant, steps, permute):
   assert (config.model.name, config.model.cell, config.model.hidden_size) == (
       'recurrent', 'lstm', 128)
   assert (config.batch_size, config.num_epochs, config.norm) == (64, 1.0, 'layer')
-  config_checks.check_config(config)
+  config_checks.check_config(config, classification_task())
 
 
 @pytest.mark.parametrize('override, key', [
@@ -197,12 +198,12 @@ def test_seq_mnist_variants(variant, steps, permute):
 def test_seq_mnist_bad_values_are_one_line_errors(override, key):
   config = load_config('configs/seq_mnist.py', f'tiny,{override}')
   with pytest.raises(UserError, match=key):
-    config_checks.check_config(config)
+    config_checks.check_config(config, classification_task())
 
 
 def test_train_and_evaluate_runs_a_recurrent_batch_norm_model(tmp_path):
   """Recurrent BN's per-step running averages travel through the loop, evaluation included."""
-  config = load_config('configs/seq_mnist.py', 'tiny,norm=batch,bn_eval_stats=running')
+  config = load_config('configs/seq_mnist.py', 'tiny,norm=batch,norm_options.eval_stats=running')
   last = train.train_and_evaluate(config, str(tmp_path))
   assert rundir.is_complete(str(tmp_path))
   assert last['step'] == 2 * (256 // 16) and np.isfinite(last['test_loss'])

@@ -20,7 +20,7 @@ from ln_jax.analysis import compare
 from ln_jax.errors import UserError
 from ln_jax.training import checkpoint
 from ln_jax.training import lock
-from ln_jax.training import resume
+from ln_jax.training import metrics_repair
 from ln_jax.training import rundir
 from ln_jax.training import train
 from conftest import load_config
@@ -231,7 +231,7 @@ def test_damaged_checkpoints_fall_back_to_one_that_verifies_and_metrics_match(re
   assert len(warnings) == 2
   assert f'checkpoint {workdir}/checkpoints/60 ' in warnings[0]
   assert f'checkpoint {workdir}/checkpoints/45 ' in warnings[1]
-  assert resume.metrics_differences(str(reference), str(workdir)) == []  # replayed from 30
+  assert metrics_repair.metrics_differences(str(reference), str(workdir)) == []  # replayed from 30
   assert rundir.is_complete(str(workdir))
   assert checkpoint.verify(str(workdir / 'checkpoints'), 60) is None  # saved again, sound
 
@@ -258,13 +258,13 @@ def test_damaged_lines_after_the_checkpoint_are_dropped_to_be_written_again(tmp_
   lines[2] = lines[2][:12] + '\n'  # step 30: garbled
   (tmp_path / rundir.METRICS_FILE).write_text(''.join(lines))
   eval_steps = [10, 20, 30, 40, 50]
-  damage = resume.first_damage(str(tmp_path), eval_steps)
+  damage = metrics_repair.first_damage(str(tmp_path), eval_steps)
   assert damage[0] == 30 and 'metrics.jsonl line 3 is damaged (it is not JSON' in damage[1]
-  assert resume.keep_metrics_through(str(tmp_path), 20) == 2
+  assert metrics_repair.keep_metrics_through(str(tmp_path), 20) == 2
   assert (tmp_path / rundir.METRICS_FILE).read_text() == ''.join(lines[:2])
   # A repeated line (two writers) is out of place as well.
   (tmp_path / rundir.METRICS_FILE).write_text(lines[0] + lines[1] + lines[0])
-  assert resume.first_damage(str(tmp_path), eval_steps)[0] == 30
+  assert metrics_repair.first_damage(str(tmp_path), eval_steps)[0] == 30
 
 
 def test_damaged_metrics_line_before_the_checkpoint_goes_back_to_an_older_one(reference, tmp_path,
@@ -274,7 +274,7 @@ def test_damaged_metrics_line_before_the_checkpoint_goes_back_to_an_older_one(re
   train.train_and_evaluate(_config(), str(workdir))
   warnings = [w for w in _warnings(caplog) if 'damaged' in w]
   assert len(warnings) == 1 and f'metrics.jsonl line {number} is damaged' in warnings[0]
-  assert resume.metrics_differences(str(reference), str(workdir)) == []
+  assert metrics_repair.metrics_differences(str(reference), str(workdir)) == []
 
 
 def test_damaged_metrics_line_before_every_checkpoint_is_one_error(reference, tmp_path):
@@ -337,4 +337,4 @@ def test_disk_full_during_a_save_is_one_line_and_resumes_once_freed(small_disk, 
 
   subprocess.run(['mount', '-o', 'remount,size=8m', str(small_disk)], check=True)
   train.train_and_evaluate(_config(), str(workdir))
-  assert resume.metrics_differences(str(reference), str(workdir)) == []
+  assert metrics_repair.metrics_differences(str(reference), str(workdir)) == []

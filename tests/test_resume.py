@@ -13,10 +13,12 @@ import signal
 import pytest
 
 from ln_jax.training import checkpoint
-from ln_jax.training import resume
+from ln_jax.training import metrics_repair
 from ln_jax.training import resume_check
 from ln_jax.training import rundir
+from ln_jax.training import step as step_lib
 from ln_jax.training import train
+from ln_jax.training import workdir as workdir_lib
 from ln_jax.errors import Interrupted
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -91,7 +93,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(killed_and_resumed):
 
 def test_ctrl_c_saves_mid_window_and_resume_matches(reference, tmp_path, monkeypatch):
   calls = []
-  real_train_steps = train.train_steps
+  real_train_steps = step_lib.train_steps
 
   def train_steps_then_ctrl_c(*args, **kwargs):
     calls.append(kwargs['num_steps'])
@@ -100,7 +102,7 @@ def test_ctrl_c_saves_mid_window_and_resume_matches(reference, tmp_path, monkeyp
       os.kill(os.getpid(), signal.SIGINT)
     return out
 
-  monkeypatch.setattr(train, 'train_steps', train_steps_then_ctrl_c)
+  monkeypatch.setattr(step_lib, 'train_steps', train_steps_then_ctrl_c)
   # Python's own SIGINT handler whatever the process inherited (a shell running it in the
   # background hands it SIGINT ignored), put back afterwards.
   inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -118,7 +120,7 @@ def test_ctrl_c_saves_mid_window_and_resume_matches(reference, tmp_path, monkeyp
 
   monkeypatch.undo()
   train.train_and_evaluate(_config(), str(tmp_path))
-  assert resume.metrics_differences(str(reference), str(tmp_path)) == []
+  assert metrics_repair.metrics_differences(str(reference), str(tmp_path)) == []
   assert rundir.is_complete(str(tmp_path))
 
 
@@ -140,20 +142,20 @@ def test_fresh_replaces_a_run_and_same_config_and_seed_give_identical_metrics(re
 
   train.train_and_evaluate(_config(), str(workdir), fresh=True)
   # The same config and seed as `reference`, run in another process: the same metrics.
-  assert resume.metrics_differences(str(reference), str(workdir)) == []
+  assert metrics_repair.metrics_differences(str(reference), str(workdir)) == []
   described = json.loads((workdir / rundir.CONFIG_FILE).read_text())
   assert described['config']['seed'] == 0
   assert {'jax', 'flax', 'optax', 'orbax-checkpoint'} <= set(described['versions'])
   assert described['device']['backend'] == 'cpu'
   if shutil.which('git'):
     assert described['git_commit'] and len(described['git_commit'].split('-')[0]) == 40
-  assert len(list(workdir.glob(resume.EVENTS_GLOB))) == 1  # the old run's events are gone
+  assert len(list(workdir.glob(workdir_lib.EVENTS_GLOB))) == 1  # the old run's events are gone
   assert (workdir / 'notes.txt').read_text() == 'kept'  # only the run's own files go
 
 
 def test_keep_metrics_through_drops_later_and_torn_lines(tmp_path):
   lines = [json.dumps({'step': s, 'train_loss': 1.0 / s}) + '\n' for s in (10, 20, 30)]
   (tmp_path / rundir.METRICS_FILE).write_text(''.join(lines) + '{"step": 40, "train_lo')
-  assert resume.keep_metrics_through(str(tmp_path), 20) == 2
+  assert metrics_repair.keep_metrics_through(str(tmp_path), 20) == 2
   assert (tmp_path / rundir.METRICS_FILE).read_text() == ''.join(lines[:2])
-  assert resume.keep_metrics_through(str(tmp_path), 20) == 0
+  assert metrics_repair.keep_metrics_through(str(tmp_path), 20) == 0

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, load_config
+from conftest import REPO_ROOT, classification_task, load_config
 from ln_jax.training import config_checks
 from ln_jax import layers
 from ln_jax.training import parallel
@@ -40,7 +40,7 @@ def run(variant):
 
 out = {'device_count': jax.device_count(), 'runs': {}}
 # BatchNorm covers LN's path too: the same gradient all-reduce, plus statistics across devices.
-for variant in ('norm=batch', 'norm=batch,bn_ghost_batches=4'):
+for variant in ('norm=batch', 'norm=batch,norm_options.ghost_batches=4'):
   out['runs'][variant] = {n: run(f'{variant},num_devices={n}') for n in (1, 4)}
 try:
   run('batch_size=18,num_devices=4')
@@ -48,17 +48,19 @@ except UserError as e:
   out['error'] = str(e)
 
 config = load_config('configs/pi_mnist.py', 'tiny')
-from ln_jax import models
+from conftest import empty_window, new_train_state
+from ln_jax.training import step
 import numpy as np
 mesh = parallel.make_mesh(4)
-state = parallel.replicate(train.create_train_state(
-    config, models.create_model(config), jax.random.PRNGKey(0), np.zeros((1, 784), np.uint8)), mesh)
-images, labels, order = parallel.replicate(
-    (np.zeros((64, 784), np.uint8), np.zeros(64, np.int32), np.arange(64, dtype=np.int32)), mesh)
-hlo = train.train_steps.lower(state, images, labels, order, 0, num_steps=2, batch_size=16,
-                              mesh=mesh).compile().as_text()
+state = parallel.replicate(new_train_state(config, jax.random.PRNGKey(0),
+                                           np.zeros((1, 784), np.uint8)), mesh)
+data, order, window = parallel.replicate(
+    ({'image': np.zeros((64, 784), np.uint8), 'label': np.zeros(64, np.int32)},
+     np.arange(64, dtype=np.int32), empty_window()), mesh)
+hlo = step.train_steps.lower(state, data, order, 0, window, num_steps=2, batch_size=16,
+                             mesh=mesh).compile().as_text()
 out['all_reduce'] = 'all-reduce' in hlo
-state, _ = train.train_steps(state, images, labels, order, 0, num_steps=2, batch_size=16, mesh=mesh)
+state, _ = step.train_steps(state, data, order, 0, window, num_steps=2, batch_size=16, mesh=mesh)
 out['state_replicated'] = all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 4
                               for x in jax.tree.leaves(state.params))
 print(json.dumps(out))
@@ -82,7 +84,7 @@ def _assert_same_metrics(a, b, rtol):
       np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize('variant', ['norm=batch', 'norm=batch,bn_ghost_batches=4'])
+@pytest.mark.parametrize('variant', ['norm=batch', 'norm=batch,norm_options.ghost_batches=4'])
 def test_one_and_four_devices_give_the_same_run(four_devices, variant):
   assert four_devices['device_count'] == 4
   runs = four_devices['runs'][variant]
@@ -93,7 +95,7 @@ def test_one_and_four_devices_give_the_same_run(four_devices, variant):
 def test_ghost_statistics_change_the_run(four_devices):
   # Guards the comparison above: per-group statistics are a different model at batch 16.
   whole = four_devices['runs']['norm=batch']['1'][-1]
-  ghost = four_devices['runs']['norm=batch,bn_ghost_batches=4']['1'][-1]
+  ghost = four_devices['runs']['norm=batch,norm_options.ghost_batches=4']['1'][-1]
   assert abs(whole['train_loss'] - ghost['train_loss']) > 1e-4
 
 
@@ -113,9 +115,9 @@ def test_more_devices_than_available_is_a_user_error():
 
 
 def test_ghost_batches_must_divide_the_batch():
-  config = load_config('configs/pi_mnist.py', 'tiny,norm=batch,bn_ghost_batches=3')
-  with pytest.raises(UserError, match='bn_ghost_batches=3'):
-    config_checks.check_config(config)
+  config = load_config('configs/pi_mnist.py', 'tiny,norm=batch,norm_options.ghost_batches=3')
+  with pytest.raises(UserError, match='norm_options.ghost_batches=3'):
+    config_checks.check_config(config, classification_task())
 
 
 @pytest.mark.parametrize('unbiased', [False, True])

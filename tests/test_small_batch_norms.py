@@ -8,13 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import classification_task
+from conftest import image_batch
 from conftest import load_config
+from conftest import new_train_state
 from ln_jax import layers
-from ln_jax import models
 from ln_jax.layers import batch_renorm
 from ln_jax.layers import cells
 from ln_jax.training import population
-from ln_jax.training import train
 import numpy_rnn_reference as ref
 
 EPS = 1e-5
@@ -184,8 +185,7 @@ def _perturbed(rng, params):
 
 
 def _state(config, rng, images):
-  model = models.create_model(config)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), images[:1])
+  state = new_train_state(config, jax.random.PRNGKey(0), images[:1])
   return state.replace(params=_perturbed(rng, state.params))
 
 
@@ -208,13 +208,15 @@ def _mlp_bn_inputs_numpy(params, x, unbiased):
 @pytest.mark.parametrize('unbiased', [False, True])
 def test_mlp_population_statistics_are_those_of_the_union_of_the_batches(tiny_config, unbiased):
   config = tiny_config
-  config.norm, config.bn_eval_stats, config.bn_unbiased_variance = 'batch', 'population', unbiased
-  config.model.hidden_sizes, config.batch_size, config.bn_population_batches = (6, 5), 4, 3
+  config.norm, config.norm_options.eval_stats = 'batch', 'population'
+  config.norm_options.unbiased_variance = unbiased
+  config.model.hidden_sizes, config.batch_size = (6, 5), 4
+  config.norm_options.population_batches = 3
   rng = np.random.default_rng(6)
   images = rng.integers(0, 256, (40, 784), dtype=np.uint8)
   state = _state(config, rng, images)
   before = jax.tree.map(np.asarray, state.batch_stats)
-  evaluate = population.evaluator(config, images, preprocess=train.preprocess)
+  evaluate = population.evaluator(config, classification_task(), image_batch(images))
   got = evaluate(state, 17).batch_stats
 
   per_batch = [_mlp_bn_inputs_numpy(jax.tree.map(np.asarray, state.params), images[idx] / 255.0,
@@ -246,12 +248,13 @@ def test_recurrent_population_statistics_are_per_time_step(tmp_path):
   config = load_config('configs/seq_mnist.py', 'tiny').unlock()
   config.norm, config.model.initial_state = 'batch', 'zeros'
   config.model.hidden_size, config.model.pixels_per_step = 4, 112  # 7 steps of 112 pixels
-  config.batch_size, config.bn_population_batches = 5, 2
-  assert config.bn_eval_stats == 'population'  # the recurrent default
+  config.batch_size, config.norm_options.population_batches = 5, 2
+  assert config.norm_options.eval_stats == 'population'  # the recurrent default
   rng = np.random.default_rng(7)
   images = rng.integers(0, 256, (30, 784), dtype=np.uint8)
   state = _state(config, rng, images)
-  got = population.evaluator(config, images, preprocess=train.preprocess)(state, 3).batch_stats
+  got = population.evaluator(config, classification_task(), image_batch(images))(
+      state, 3).batch_stats
   got = got['stack']['layer_0']
 
   params = jax.tree.map(np.asarray, state.params)['stack']['layer_0']

@@ -14,14 +14,19 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from conftest import classification_task
+from conftest import empty_window
 from conftest import load_config
-from ln_jax import models
+from conftest import new_train_state
+from conftest import set_key
 from ln_jax.errors import Interrupted
 from ln_jax.errors import UserError
 from ln_jax.training import checkpoint
 from ln_jax.training import config_checks
+from ln_jax.training import metrics_repair
 from ln_jax.training import resume
 from ln_jax.training import rundir
+from ln_jax.training import step as step_lib
 from ln_jax.training import train
 
 
@@ -47,45 +52,47 @@ def test_cli_trains_each_new_normalizer(tmp_path, config, overrides):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(norm='group', gn_groups=5), 'gn_groups=5 must be a positive divisor of every '
-                                      'normalized width (32, 32)'),
-    (dict(norm='batch_renorm', renorm_r_max=0.5), 'renorm_r_max=0.5 must be >= 1'),
-    (dict(norm='batch_renorm', renorm_d_max=-1.0), 'renorm_d_max=-1.0 must be >= 0'),
-    (dict(norm='batch_renorm', renorm_d_max_step=10), 'renorm_r_max_step=40000 and '
-                                                      'renorm_d_max_step=10 must be >='),
-    (dict(bn_eval_stats='precise'), "bn_eval_stats='precise' must be one of running, batch, "
-                                    'population'),
-    (dict(bn_eval_stats='population', bn_population_batches=0),
-     'bn_population_batches=0 must be a positive number'),
+    ({'norm': 'group', 'norm_options.groups': 5},
+     'norm_options.groups=5 must be a positive divisor of every normalized width (32, 32)'),
+    ({'norm': 'batch_renorm', 'norm_options.renorm_r_max': 0.5},
+     'norm_options.renorm_r_max=0.5 must be >= 1'),
+    ({'norm': 'batch_renorm', 'norm_options.renorm_d_max': -1.0},
+     'norm_options.renorm_d_max=-1.0 must be >= 0'),
+    ({'norm': 'batch_renorm', 'norm_options.renorm_d_max_step': 10},
+     'norm_options.renorm_r_max_step=40000 and renorm_d_max_step=10 must be >='),
+    # BatchNorm's settings are checked where they apply: for the norms of BN's family.
+    ({'norm': 'batch', 'norm_options.eval_stats': 'precise'},
+     "norm_options.eval_stats='precise' must be one of running, batch, population"),
+    ({'norm': 'batch', 'norm_options.eval_stats': 'population',
+      'norm_options.population_batches': 0},
+     'norm_options.population_batches=0 must be a positive number'),
 ])
 def test_bad_small_batch_values_are_one_clear_error(tiny_config, overrides, message):
   for key, value in overrides.items():
-    tiny_config[key] = value
+    set_key(tiny_config, key, value)
   with pytest.raises(UserError, match=re.escape(message)):
-    config_checks.check_config(tiny_config)
+    config_checks.check_config(tiny_config, classification_task())
 
 
 def test_population_larger_than_the_training_set_is_refused(tiny_config):
-  tiny_config.norm, tiny_config.bn_eval_stats = 'batch', 'population'
-  tiny_config.bn_population_batches = 40  # 40 x 16 > 500 training examples
+  tiny_config.norm, tiny_config.norm_options.eval_stats = 'batch', 'population'
+  tiny_config.norm_options.population_batches = 40  # 40 x 16 > 500 training examples
   with pytest.raises(UserError, match='need 640 of the 500 training examples'):
-    config_checks.check_config(tiny_config, num_train=500)
+    config_checks.check_config(tiny_config, classification_task(), num_train=500)
 
 
-def _config(bn_eval_stats):
+def _config(eval_stats):
   # 500 training examples, batches of 25: 20 steps per epoch; evaluations every 5 steps,
   # checkpoints every 10, fused calls of 5 steps.
   return load_config('configs/pi_mnist.py', (
-      f'tiny,norm=batch,bn_eval_stats={bn_eval_stats},batch_size=25,num_epochs=1,'
+      f'tiny,norm=batch,norm_options.eval_stats={eval_stats},batch_size=25,num_epochs=1,'
       'eval_every_epochs=0.25,checkpoint_every_epochs=0.5,steps_per_call=5'))
 
 
 def _final_state(config, workdir):
-  model = models.create_model(config)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(1),
-                                   np.zeros((1, 784), np.uint8))
+  state = new_train_state(config, jax.random.PRNGKey(1), np.zeros((1, 784), np.uint8))
   mngr = checkpoint.manager(str(workdir), 2)
-  return resume.restore(mngr, mngr.latest_step(), state)[0]
+  return resume.restore(mngr, mngr.latest_step(), state, empty_window())[0]
 
 
 @pytest.fixture(scope='module')
@@ -107,7 +114,7 @@ def test_population_statistics_change_evaluation_but_not_training(population_run
 
 
 def test_population_run_resumes_with_identical_metrics(population_run, tmp_path, monkeypatch):
-  calls, real_train_steps = [], train.train_steps
+  calls, real_train_steps = [], step_lib.train_steps
 
   def train_steps_then_ctrl_c(*args, **kwargs):
     calls.append(kwargs['num_steps'])
@@ -116,19 +123,25 @@ def test_population_run_resumes_with_identical_metrics(population_run, tmp_path,
       os.kill(os.getpid(), signal.SIGINT)
     return out
 
-  monkeypatch.setattr(train, 'train_steps', train_steps_then_ctrl_c)
+  monkeypatch.setattr(step_lib, 'train_steps', train_steps_then_ctrl_c)
   with pytest.raises(Interrupted):
     train.train_and_evaluate(_config('population'), str(tmp_path))
   monkeypatch.undo()
   train.train_and_evaluate(_config('population'), str(tmp_path))
-  assert resume.metrics_differences(str(population_run), str(tmp_path)) == []
+  assert metrics_repair.metrics_differences(str(population_run), str(tmp_path)) == []
 
 
-def test_vmapped_seeds_refuse_population_statistics_before_writing(tmp_path):
-  from ln_jax.sweeps import vmap_seeds
+def test_vmapped_seeds_evaluate_with_their_own_population_statistics(population_run, tmp_path):
+  # Once refused by vmapped seeds: each seed now draws its own population batches from its own
+  # (synthetic, per-seed) data, so seed 0 of a vmapped group repeats its separate run.
   configs = [_config('population') for _ in range(2)]
   configs[1].seed = 1
   dirs = [str(tmp_path / name) for name in ('a', 'b')]
-  with pytest.raises(UserError, match='bn_eval_stats=population is not available with'):
-    vmap_seeds.train_seeds(configs, dirs)
-  assert list(tmp_path.iterdir()) == []
+  train.train_seeds(configs, dirs)
+  separate, vmapped = rundir.read_metrics(str(population_run)), rundir.read_metrics(dirs[0])
+  assert [r['step'] for r in separate] == [r['step'] for r in vmapped]
+  for a, b in zip(separate, vmapped):
+    for key in ('train_loss', 'valid_loss', 'test_loss'):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=key)
+  assert all(rundir.is_complete(d) for d in dirs)
+  assert rundir.read_metrics(dirs[1])[-1]['test_loss'] != vmapped[-1]['test_loss']

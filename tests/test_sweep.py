@@ -13,7 +13,7 @@ import pytest
 from ln_jax.training import rundir
 from ln_jax.sweeps import sweep
 from ln_jax.sweeps import sweep_runner
-from ln_jax.sweeps import vmap_seeds
+from ln_jax.training import train
 from ln_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +154,7 @@ def test_vmapped_seeds_match_separate_runs(batch_sweep, tmp_path):
   together = [str(tmp_path / m.name) for m in experiment.members]
   for path in together:
     os.makedirs(path)
-  vmap_seeds.train_seeds(configs, together)
+  finals = train.train_seeds(configs, together)
 
   for a, b in zip(separate, together):
     assert rundir.is_complete(b)
@@ -169,6 +169,9 @@ def test_vmapped_seeds_match_separate_runs(batch_sweep, tmp_path):
   assert rundir.read_metrics(together[0])[-1]['train_loss'] != \
       rundir.read_metrics(together[1])[-1]['train_loss']
   assert os.path.isdir(os.path.join(together[1], 'checkpoints'))
+  assert finals == [rundir.read_metrics(b)[-1] for b in together]
+  # Finished: running the group again trains nothing and returns the same metrics.
+  assert train.train_seeds(configs, together) == finals
 
 
 def test_eta_comes_from_steps_and_the_rate_of_each_batch_size():

@@ -9,11 +9,15 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import empty_window
+from conftest import new_train_state
 from ln_jax.training import checkpoint
 from ln_jax import data
 from ln_jax import models
 from ln_jax.training import resume
 from ln_jax.training import rundir
+from ln_jax.training import schedule as schedule_lib
+from ln_jax.training import step as step_lib
 from ln_jax.training import train
 
 
@@ -50,25 +54,25 @@ def test_run_directory_describes_itself(tmp_path, tiny_config):
 def test_final_checkpoint_restores_the_trained_state(tmp_path, tiny_config):
   tiny_config.norm = 'batch'
   final = train.train_and_evaluate(tiny_config, str(tmp_path))
-  model = models.create_model(tiny_config)
-  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(1),
-                                   np.zeros((1, 784), np.uint8))
+  state = new_train_state(tiny_config, jax.random.PRNGKey(1), np.zeros((1, 784), np.uint8))
   mngr = checkpoint.manager(str(tmp_path), 2)
-  restored_state, _ = resume.restore(mngr, mngr.latest_step(), state)
+  restored_state, _ = resume.restore(mngr, mngr.latest_step(), state, empty_window())
   assert int(restored_state.step) == final['step']
   test = data.load_splits(tiny_config.data, tiny_config.seed)['test']
-  metrics = train.evaluate(restored_state, test.images, test.labels, batch_size=64)
+  metrics = step_lib.evaluate(restored_state, {'image': test.images, 'label': test.labels},
+                              batch_size=64)
   assert float(metrics['error']) == pytest.approx(final['test_error'], abs=1e-6)
 
 
 def test_evaluate_matches_numpy_with_a_ragged_last_batch(tiny_config):
   model = models.create_model(tiny_config)
-  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(0),
-                                   np.zeros((1, 784), np.uint8))
+  state = new_train_state(tiny_config, jax.random.PRNGKey(0), np.zeros((1, 784), np.uint8),
+                          model=model)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (37, 784), dtype=np.uint8)
   labels = rng.integers(0, 10, 37).astype(np.int32)
-  metrics = train.evaluate(state, images, labels, batch_size=16)  # 16 + 16 + 5
+  metrics = step_lib.evaluate(state, {'image': images, 'label': labels},
+                              batch_size=16)  # 16 + 16 + 5
   logits = np.asarray(model.apply({'params': state.params}, images / 255.0))
   nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   np.testing.assert_allclose(metrics['loss'], np.mean(nll), rtol=1e-5)
@@ -81,15 +85,16 @@ def test_train_steps_threads_batch_stats_and_follows_the_epoch_order(tiny_config
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (64, 784), dtype=np.uint8)
   labels = rng.integers(0, 10, 64).astype(np.int32)
-  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(0), images[:1])
-  order = train.epoch_order(jax.random.PRNGKey(5), 0, 64)
-  fused, sums = train.train_steps(state, images, labels, order, 1, num_steps=2, batch_size=16)
+  state = new_train_state(tiny_config, jax.random.PRNGKey(0), images[:1], model=model)
+  order = step_lib.epoch_order(jax.random.PRNGKey(5), 0, 64)
+  fused, sums = step_lib.train_steps(state, {'image': images, 'label': labels}, order, 1,
+                                     empty_window(), num_steps=2, batch_size=16)
   # The same two steps by hand: batches 1 and 2 of the epoch order.
-  state = train.create_train_state(tiny_config, model, jax.random.PRNGKey(0), images[:1])
+  state = new_train_state(tiny_config, jax.random.PRNGKey(0), images[:1], model=model)
   losses = []
   for i in (1, 2):
     idx = np.asarray(order[i * 16:(i + 1) * 16])
-    state, metrics = train.train_step(state, {'image': images[idx], 'label': labels[idx]})
+    state, metrics = step_lib.train_step(state, {'image': images[idx], 'label': labels[idx]})
     losses.append(float(metrics['loss']))
   assert int(fused.step) == 2
   np.testing.assert_allclose(float(sums['loss']), sum(losses), rtol=1e-5)
@@ -103,7 +108,7 @@ def test_schedule_evaluates_at_fractions_of_an_epoch(tiny_config):
   tiny_config.num_epochs = 1.5
   tiny_config.eval_every_epochs = 0.1
   tiny_config.steps_per_call = 7
-  schedule = train.Schedule(tiny_config, num_train=400)
+  schedule = schedule_lib.Schedule(tiny_config, num_train=400)
   assert (schedule.steps_per_epoch, schedule.total_steps, schedule.eval_every) == (100, 150, 10)
   step, chunks = 0, []
   while step < schedule.total_steps:
@@ -125,10 +130,10 @@ def test_schedule_evaluates_a_fixed_number_of_times_unless_eval_every_epochs_is_
   from conftest import load_config
   tiny_config.batch_size, tiny_config.num_epochs, tiny_config.steps_per_call = 4, 1.5, 50
   tiny_config.eval_every_epochs, tiny_config.num_evals = None, 4
-  schedule = train.Schedule(tiny_config, num_train=400)
+  schedule = schedule_lib.Schedule(tiny_config, num_train=400)
   assert [s for s in range(1, 151) if schedule.is_eval_step(s)] == [38, 76, 114, 150]
   tiny_config.batch_size = 128  # the same number of evaluations at any batch size
-  schedule = train.Schedule(tiny_config, num_train=12800)
+  schedule = schedule_lib.Schedule(tiny_config, num_train=12800)
   assert sum(schedule.is_eval_step(s) for s in range(1, schedule.total_steps + 1)) == 4
   assert load_config('configs/pi_mnist.py').eval_every_epochs is None
 

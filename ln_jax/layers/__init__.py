@@ -11,6 +11,10 @@ from ln_jax.layers.dense import Dense
 from ln_jax.layers.group_norm import GroupNorm
 from ln_jax.layers.layer_norm import LayerNorm
 from ln_jax.layers.layer_norm import RMSNorm
+from ln_jax.layers.rnn_cells import GRUCell
+from ln_jax.layers.rnn_cells import LSTMCell
+from ln_jax.layers.rnn_cells import SimpleRNNCell
+from ln_jax.layers.rnn_cells import rnn_options
 from ln_jax.layers.statistics import DEFAULT_EPSILON
 from ln_jax.layers.statistics import centered_moments
 from ln_jax.layers.statistics import moments

@@ -93,31 +93,43 @@ class BatchNorm(nn.Module):
     return y.astype(statistics.output_dtype(x, self.dtype))
 
   def _normalize_with_batch_statistics(self, x, reduction_axes, mask, dtype):
-    """(x normalized with its batch statistics, their mean and var over the ghost batches).
-
-    Ghost batches view x as [groups, batch / groups, ...] and reduce each group on its own.
-    """
-    groups = self.ghost_batches
-    axes = reduction_axes
-    if groups > 1:
-      if 0 not in reduction_axes:
-        raise ValueError('ghost batches split axis 0, which must not be a feature axis')
-      if x.shape[0] % groups:
-        raise ValueError(f'a batch of {x.shape[0]} cannot be split into {groups} ghost batches')
-      grouped_shape = (groups, x.shape[0] // groups) + x.shape[1:]
-      if mask is not None:
-        mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped_shape)
-      x = jnp.reshape(x, grouped_shape)
-      axes = (1,) + tuple(a + 1 for a in reduction_axes if a)
-    centered, mean, var, count = statistics.centered_moments(
-        x, axes, mask=mask, use_fast_variance=self.use_fast_variance,
+    return normalize_with_batch_statistics(
+        x, reduction_axes, mask=mask, dtype=dtype, epsilon=self.epsilon,
+        ghost_batches=self.ghost_batches, use_fast_variance=self.use_fast_variance,
+        unbiased_variance=self.unbiased_variance,
         # As in flax: initialization may run outside the mapped axis.
-        axis_name=None if groups > 1 or self.is_initializing() else self.axis_name,
-        axis_index_groups=self.axis_index_groups, dtype=dtype)
-    if self.unbiased_variance:
-      var = var * count / jnp.maximum(count - 1.0, 1.0)
-    normalized = centered * lax.rsqrt(var + self.epsilon)
-    if groups > 1:
-      normalized = jnp.reshape(normalized, (-1,) + x.shape[2:])
-      mean, var = jnp.mean(mean, 0), jnp.mean(var, 0)
-    return normalized, mean, var
+        axis_name=None if self.is_initializing() else self.axis_name,
+        axis_index_groups=self.axis_index_groups)
+
+
+def normalize_with_batch_statistics(x, reduction_axes, *, mask, dtype, epsilon, ghost_batches=1,
+                                    use_fast_variance=False, unbiased_variance=False,
+                                    axis_name=None, axis_index_groups=None):
+  """(x normalized with its batch statistics, their mean and var over the ghost batches).
+
+  Ghost batches view x as [groups, batch / groups, ...] and reduce each group on its own (never
+  across devices). Shared by the Linen and NNX BatchNorm.
+  """
+  groups = ghost_batches
+  axes = reduction_axes
+  if groups > 1:
+    if 0 not in reduction_axes:
+      raise ValueError('ghost batches split axis 0, which must not be a feature axis')
+    if x.shape[0] % groups:
+      raise ValueError(f'a batch of {x.shape[0]} cannot be split into {groups} ghost batches')
+    grouped_shape = (groups, x.shape[0] // groups) + x.shape[1:]
+    if mask is not None:
+      mask = jnp.reshape(jnp.broadcast_to(mask, x.shape), grouped_shape)
+    x = jnp.reshape(x, grouped_shape)
+    axes = (1,) + tuple(a + 1 for a in reduction_axes if a)
+  centered, mean, var, count = statistics.centered_moments(
+      x, axes, mask=mask, use_fast_variance=use_fast_variance,
+      axis_name=None if groups > 1 else axis_name,
+      axis_index_groups=axis_index_groups, dtype=dtype)
+  if unbiased_variance:
+    var = var * count / jnp.maximum(count - 1.0, 1.0)
+  normalized = centered * lax.rsqrt(var + epsilon)
+  if groups > 1:
+    normalized = jnp.reshape(normalized, (-1,) + x.shape[2:])
+    mean, var = jnp.mean(mean, 0), jnp.mean(var, 0)
+  return normalized, mean, var

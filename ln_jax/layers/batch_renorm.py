@@ -60,6 +60,20 @@ def corrections(mean_B, sigma_B, mean, sigma, r_max, d_max):
   return lax.stop_gradient(r), lax.stop_gradient(d)
 
 
+def renormalize(x, mean, std, step, *, mask, schedule, epsilon, use_fast_variance):
+  """(Training output of Algorithm 1 before the affine map, batch mean mu_B, batch sigma_B),
+  over every axis but the last; `mask` has x's shape without its last axis. Shared by the
+  Linen and NNX BatchRenorm."""
+  centered, mean_B, var_B, _ = statistics.centered_moments(
+      x, tuple(range(x.ndim - 1)), mask=None if mask is None else mask[..., None],
+      use_fast_variance=use_fast_variance)
+  mean_B, var_B = jnp.reshape(mean_B, (-1,)), jnp.reshape(var_B, (-1,))
+  sigma_B = jnp.sqrt(var_B + epsilon)
+  r_max, d_max = schedule(step)
+  r, d = corrections(mean_B, sigma_B, mean, std, r_max, d_max)
+  return centered / sigma_B * r + d, mean_B, sigma_B
+
+
 class BatchRenorm(nn.Module):
   """Batch Renormalization over every axis but the last (see the module docstring).
 
@@ -90,14 +104,9 @@ class BatchRenorm(nn.Module):
     if use_running_average:
       y = (jnp.asarray(x, statistics.stats_dtype(x)) - running_mean.value) / running_std.value
     else:
-      centered, mean_B, var_B, _ = statistics.centered_moments(
-          x, tuple(range(x.ndim - 1)), mask=None if mask is None else mask[..., None],
-          use_fast_variance=self.use_fast_variance)
-      mean_B, var_B = jnp.reshape(mean_B, (-1,)), jnp.reshape(var_B, (-1,))
-      sigma_B = jnp.sqrt(var_B + self.epsilon)
-      r_max, d_max = self.schedule(step.value)
-      r, d = corrections(mean_B, sigma_B, running_mean.value, running_std.value, r_max, d_max)
-      y = centered / sigma_B * r + d
+      y, mean_B, sigma_B = renormalize(
+          x, running_mean.value, running_std.value, step.value, mask=mask,
+          schedule=self.schedule, epsilon=self.epsilon, use_fast_variance=self.use_fast_variance)
       if not self.is_initializing() and self.is_mutable_collection('batch_stats'):
         alpha = 1.0 - self.momentum
         mean_B, sigma_B = lax.stop_gradient(mean_B), lax.stop_gradient(sigma_B)

@@ -10,6 +10,8 @@ One `RecurrentLayer` runs a whole sequence with `lax.scan`. The normalization (`
 - 'batch': recurrent BN (Cooijmans et al., 2016): the LN above replaced by BN over the batch with
   statistics and running averages per time step up to T_max (steps beyond reuse those of T_max),
   shift 0 on the W_h h and W_x x terms (the cell's bias b takes its place), gamma init 0.1.
+- 'layer_c' (LSTM only): LN of the cell state only, the DRAW cell of the paper's supplement:
+  (f, i, o, g) = W_h h + W_x x + b, h = sigmoid(o) * tanh(LN(c)), gain 1 and bias 0 at init.
 - 'group': Group Normalization (Wu & He, 2018) where the cell has LN, over `NormSpec.groups`
   groups of each normalized vector (one group is the 'layer' cell).
 - 'batch_renorm': Batch Renormalization (Ioffe, 2017; see `batch_renorm`) where the cell has
@@ -45,6 +47,7 @@ from ln_jax.layers import statistics
 CELLS = ('lstm', 'gru', 'rnn')
 RECURRENT_NORMS = ('none', 'layer', 'batch', 'group', 'batch_renorm')
 PER_EXAMPLE_NORMS = ('layer', 'group')  # gains 1, with shifts, where the paper's LN is
+LSTM_ONLY_NORMS = ('layer_c',)  # LN of the cell state only (the paper's DRAW LSTM)
 # Units of the fused projection per hidden unit, in gate blocks: f i o g | z r candidate | a.
 GATE_BLOCKS = {'lstm': 4, 'gru': 3, 'rnn': 1}
 
@@ -265,38 +268,10 @@ class RecurrentLayer(nn.Module):
     batch, num_steps, _ = x_BxTxD.shape
     hidden, kind = self.hidden_size, self.norm.kind
     units = GATE_BLOCKS[self.cell] * hidden
-    kernel_x = self.param('kernel_x', nn.initializers.lecun_normal(),
-                          (x_BxTxD.shape[-1], units), jnp.float32)
-    kernel_h = self.param('kernel_h', block_orthogonal(GATE_BLOCKS[self.cell]),
-                          (hidden, units), jnp.float32)
-    if kind == 'layer':
-      groups = {'lstm': (units,), 'gru': (2 * hidden, hidden), 'rnn': (hidden,)}[self.cell]
-      kernel_x, kernel_h = (center_column_groups(k, groups) for k in (kernel_x, kernel_h))
-    # The LSTM's b is in every variant (the paper's LN-LSTM included). The GRU's and RNN's
-    # normalizers carry their biases, except BN's shift-0 ones in the GRU.
-    bias = None
-    if {'lstm': True, 'gru': kind not in PER_EXAMPLE_NORMS, 'rnn': kind == 'none'}[self.cell]:
-      forget = self.forget_bias if self.cell == 'lstm' else 0.0  # gate order f, i, o, g
-      bias = self.param('bias', lambda key, shape, dtype: jnp.zeros(shape, dtype).at[
-          :hidden].set(forget), (units,), jnp.float32)
-
-    # name: (features, has a shift, normalizes a projection); BN's shift is 0 on the summed
-    # inputs (Cooijmans et al.), where the cell's bias follows.
-    shift = kind in PER_EXAMPLE_NORMS
-    layout = {
-        'lstm': {'norm_x': (units, shift, True), 'norm_h': (units, shift, True),
-                 'norm_c': (hidden, True, False)},
-        'gru': {'norm_x_gates': (2 * hidden, shift, True),
-                'norm_x_candidate': (hidden, shift, True),
-                'norm_h_gates': (2 * hidden, shift, True),
-                'norm_h_candidate': (hidden, shift, True)},
-        'rnn': {'norm': (hidden, True, True)},  # Eq. 4: LN of W_h h + W_x x
-    }[self.cell]
+    kernel_x, kernel_h, bias = cell_parameters(self, self.cell, kind, x_BxTxD.shape[-1], hidden,
+                                               self.forget_bias)
     max_steps = self.norm.max_steps or num_steps
-    modules = {
-        name: RecurrentNorm(self.norm, features, max_steps, use_bias,
-                            centered_input=kind == 'layer' and projection, name=name)
-        for name, (features, use_bias, projection) in layout.items()}
+    modules = make_norms(self.norm, norm_layout(self.cell, kind, hidden), max_steps)
     fns = {name: module(num_steps, train) for name, module in modules.items()}
 
     cast = lambda v: jnp.asarray(v, self.dtype)
@@ -325,7 +300,9 @@ class RecurrentLayer(nn.Module):
     h0 = (jnp.zeros((batch, hidden)) if initial_h is None
           else jnp.broadcast_to(jnp.asarray(initial_h, jnp.float32), (batch, hidden)))
     carry = (h0, jnp.zeros((batch, hidden))) if self.cell == 'lstm' else h0
-    if lstm_kernel.applies(self.cell, fns, mask_TxB, self.dtype):  # hand-written backward
+    # The kernel normalizes either every summed input or none: not 'layer_c'.
+    if (kind not in LSTM_ONLY_NORMS
+        and lstm_kernel.applies(self.cell, fns, mask_TxB, self.dtype)):  # hand-written backward
       h_TxBxH, final, batch_stats = lstm_kernel.lstm_layer(fns, ax_TxBxF, kernel_h, bias, carry)
       for name, stats in batch_stats.items():
         modules[name].update(jax.lax.stop_gradient(stats))
@@ -335,6 +312,61 @@ class RecurrentLayer(nn.Module):
     for name, module in modules.items():
       module.update(batch_stats[name])
     return jnp.swapaxes(h_TxBxH, 0, 1), final
+
+
+def norm_layout(cell: str, kind: str, hidden: int) -> dict[str, tuple[str, int, bool, bool]]:
+  """The normalizers of a cell: name -> (kind, features, has a shift, normalizes a projection).
+
+  BN's shift is 0 on the summed inputs (Cooijmans et al.), where the cell's bias follows.
+  """
+  if kind in LSTM_ONLY_NORMS and cell != 'lstm':
+    raise ValueError(f'norm {kind!r} is for the LSTM only, not the {cell}')
+  units = GATE_BLOCKS[cell] * hidden
+  if kind == 'layer_c':  # plain gates, LN of c before its tanh
+    return {'norm_x': ('none', units, False, True), 'norm_h': ('none', units, False, True),
+            'norm_c': ('layer', hidden, True, False)}
+  shift = kind in PER_EXAMPLE_NORMS
+  layout = {
+      'lstm': {'norm_x': (units, shift, True), 'norm_h': (units, shift, True),
+               'norm_c': (hidden, True, False)},
+      'gru': {'norm_x_gates': (2 * hidden, shift, True),
+              'norm_x_candidate': (hidden, shift, True),
+              'norm_h_gates': (2 * hidden, shift, True),
+              'norm_h_candidate': (hidden, shift, True)},
+      'rnn': {'norm': (hidden, True, True)},  # Eq. 4: LN of W_h h + W_x x
+  }[cell]
+  return {name: (kind, *entry) for name, entry in layout.items()}
+
+
+def make_norms(spec: NormSpec, layout, max_steps: int, module_class=None) -> dict:
+  """One `RecurrentNorm` (or `module_class`) per entry of `norm_layout`, named after it; call
+  from the compact method of the module that owns them."""
+  module_class = module_class or RecurrentNorm
+  return {name: module_class(dataclasses.replace(spec, kind=kind), features, max_steps, use_bias,
+                             centered_input=kind == 'layer' and projection, name=name)
+          for name, (kind, features, use_bias, projection) in layout.items()}
+
+
+def cell_parameters(module: nn.Module, cell: str, kind: str, num_inputs: int, hidden: int,
+                    forget_bias: float):
+  """(kernel_x [D, units], kernel_h [H, units], bias [units] or None) of a cell, created in
+  `module` (from its compact method); with LN the kernels come re-centred per normalized group."""
+  units = GATE_BLOCKS[cell] * hidden
+  kernel_x = module.param('kernel_x', nn.initializers.lecun_normal(), (num_inputs, units),
+                          jnp.float32)
+  kernel_h = module.param('kernel_h', block_orthogonal(GATE_BLOCKS[cell]), (hidden, units),
+                          jnp.float32)
+  if kind == 'layer':
+    groups = {'lstm': (units,), 'gru': (2 * hidden, hidden), 'rnn': (hidden,)}[cell]
+    kernel_x, kernel_h = (center_column_groups(k, groups) for k in (kernel_x, kernel_h))
+  # The LSTM's b is in every variant (the paper's LN-LSTM included). The GRU's and RNN's
+  # normalizers carry their biases, except BN's shift-0 ones in the GRU.
+  bias = None
+  if {'lstm': True, 'gru': kind not in PER_EXAMPLE_NORMS, 'rnn': kind == 'none'}[cell]:
+    forget = forget_bias if cell == 'lstm' else 0.0  # gate order f, i, o, g
+    bias = module.param('bias', lambda key, shape, dtype: jnp.zeros(shape, dtype).at[
+        :hidden].set(forget), (units,), jnp.float32)
+  return kernel_x, kernel_h, bias
 
 
 def _add(a, b):

@@ -21,5 +21,10 @@ class WeightNormDense(dense.Dense):
   def weights(self, in_features: int):
     kernel = super().weights(in_features)
     scale = self.param('scale', lambda _: jnp.linalg.norm(kernel, axis=0))
-    v = jnp.asarray(kernel, statistics.stats_dtype(kernel))
-    return v * (scale * lax.rsqrt(jnp.sum(jnp.square(v), axis=0)))
+    return weight_normalize(kernel, scale)
+
+
+def weight_normalize(kernel, scale):
+  """g_j v_j / ||v_j|| for the columns v_j of `kernel` [in, out], in float32 or wider."""
+  v = jnp.asarray(kernel, statistics.stats_dtype(kernel))
+  return v * (scale * lax.rsqrt(jnp.sum(jnp.square(v), axis=0)))

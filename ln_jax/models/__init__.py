@@ -15,7 +15,6 @@ from ln_jax.models.mlp import ACTIVATIONS
 from ln_jax.models.mlp import MLP
 
 MODELS = ('mlp', 'conv', 'recurrent')
-CONV_NORMS = ('none', 'batch', 'layer', 'group', 'rms', 'batch_renorm')
 
 
 def norm_logits_default(norm: str) -> bool:
@@ -57,6 +56,8 @@ def normalized_widths(config) -> tuple:
     return (m.hidden_size,)  # the cells normalize H, 2H or 4H units: H divisible suffices
   if m.name == 'conv':
     return tuple(m.features) + (m.hidden_size,)
+  if m.name != 'mlp' or config.norm not in norms.NORMALIZERS:
+    return ()  # the checks name the unknown model or norm
   norm_logits = m.norm_logits
   if norm_logits is None:
     norm_logits = norm_logits_default(config.norm)
@@ -86,8 +87,8 @@ def config_checks(config) -> list[tuple[bool, str]]:
   if m.name == 'conv':
     features = tuple(m.features)
     checks += [
-        (config.norm in CONV_NORMS, f'norm={config.norm!r} has no convolutional version; '
-                                    f'choose one of {", ".join(CONV_NORMS)}'),
+        (config.norm in norms.CONV_NORMS, f'norm={config.norm!r} has no convolutional version; '
+                                          f'choose one of {", ".join(norms.CONV_NORMS)}'),
         (_positive_ints(features) and len(features) > 0,
          f'model.features={features} must be one or more positive channel counts, e.g. '
          '--config.model.features=32,64'),
