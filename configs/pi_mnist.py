@@ -23,6 +23,8 @@ def get_config(arg=None):
   config.model.hidden_sizes = (1000, 1000)
   config.model.num_classes = data.NUM_CLASSES
   config.model.activation = 'relu'
+  config.model.api = 'linen'                # 'linen' | 'nnx': the same MLP written in Flax NNX
+                                            # (ln_jax/models/mlp_nnx.py)
   config.model.norm_logits = ml_collections.config_dict.placeholder(bool)  # None: the paper's
                                             # placement (BN on the logits too, LN not)
 

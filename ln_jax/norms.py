@@ -201,6 +201,32 @@ def make_norm(config) -> NormFactory | None:
   return make
 
 
+def make_nnx_norm(config):
+  """`config.norm` for Flax NNX models: (make(num_features, *, spatial=False, rngs) ->
+  ln_jax.nnx module, call(module, x, train) -> y), or None for no norm module. The same entry and
+  arguments as `make_norm`; `call` passes BN's family the statistics the Linen layer would use
+  (batch statistics in training, running averages or batch statistics in evaluation)."""
+  entry = NORMALIZERS.get(config.norm)
+  if entry is None:
+    raise ValueError(f'unknown norm {config.norm!r}; choose one of {", ".join(NORMS)}')
+  if entry.layer is None:
+    return None
+  from ln_jax import nnx as nnx_layers  # pylint: disable=g-import-not-at-top
+  options = config.norm_options
+
+  def make(num_features: int, *, spatial: bool = False, rngs):
+    cls, kwargs = entry.layer(options, False, spatial)
+    kwargs.pop('use_running_average', None)  # chosen per call, below
+    return getattr(nnx_layers, cls.__name__)(num_features, **kwargs, rngs=rngs)
+
+  def call(module, x, train: bool):
+    if not entry.batch_dependent:
+      return module(x)
+    _, kwargs = entry.layer(options, train, False)
+    return module(x, use_running_average=kwargs['use_running_average'])
+  return make, call
+
+
 def make_dense(config) -> Callable[..., nn.Module]:
   """The dense layer for `config.norm`: weight-normalized for 'weight', else `dense.Dense`
   (`nn.Dense`'s parameters and values); `config.fuse_weight_grad` says whether small-batch

@@ -1,11 +1,23 @@
-"""Shared test fixtures: the real MNIST folder (skipped where absent) and small configs."""
+"""Shared test fixtures: the real MNIST folder (skipped where absent) and small configs.
+
+Tiers: `pytest -m "not slow"` runs the fast tier (layers, numerics, models, configs, errors
+raised in-process); the tests marked `slow` train end to end, start scripts in subprocesses,
+time benchmarks or span devices and processes.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 
 import pytest
+
+# One persistent compilation cache for the test workers and the scripts they start: the suite
+# compiles the same tiny programs many times over, and a cached executable is the same program
+# (so the same numbers). Set before any test imports JAX; JAX_COMPILATION_CACHE_DIR overrides.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), f'ln_jax_tests_compilation_cache_{os.getuid()}'))
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'data', 'mnist')

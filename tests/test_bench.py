@@ -14,6 +14,8 @@ from benchmarks import isolated
 from benchmarks import suite
 from benchmarks import training
 
+pytestmark = pytest.mark.slow  # benchmark processes
+
 
 def test_training_benchmark_runs_each_contender_in_its_own_process():
   contenders = ['ln_jax', 'flax_scan', 'jit_loop'] + (

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ln_jax.training import rundir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +20,7 @@ def _train(*args, env=None):
       env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_cli_trains_a_tiny_run_and_shows_progress(tmp_path):
   workdir = tmp_path / 'run'
   result = _train('--config=configs/pi_mnist.py:tiny,norm=batch', f'--workdir={workdir}',
@@ -38,6 +41,7 @@ def _assert_one_error_line(result, fragment):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_one_error_line(tmp_path):
   result = _train('--config=configs/pi_mnist.py:tiny', f'--workdir={tmp_path / "w"}',
                   '--config.nrom=layer')
@@ -45,6 +49,7 @@ def test_unknown_config_key_is_one_error_line(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_unknown_variant_key_and_bad_values_are_one_error_line(tmp_path):
   _assert_one_error_line(
       _train('--config=configs/pi_mnist.py:tiny,bogus=1', f'--workdir={tmp_path / "a"}'),

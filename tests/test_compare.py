@@ -21,6 +21,8 @@ from ln_jax.sweeps import sweep
 from ln_jax.sweeps import sweep_runner
 from ln_jax.errors import UserError
 
+pytestmark = pytest.mark.slow  # a trained sweep to compare
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = '''
 BASE_CONFIG = 'configs/pi_mnist.py:tiny'

@@ -68,6 +68,7 @@ def test_conv_net_builds_with_every_norm_it_has(norm):
   assert ('bias' in variables['params']['conv_0']) != has_norm
 
 
+@pytest.mark.slow
 def test_the_loop_unrolls_conv_steps_on_the_cpu_and_keeps_results_exact(tmp_path):
   """The unrolled fused steps of a conv net give the same numbers whatever their number."""
   config = load_config('configs/conv_mnist.py', 'tiny,norm=batch')

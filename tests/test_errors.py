@@ -203,6 +203,7 @@ BAD_VALUES = {
     'model.hidden_sizes': ('model.hidden_sizes=()', 'model.hidden_sizes=() is empty'),
     'model.num_classes': ('model.num_classes=5', 'model.num_classes=5 must be 10'),
     'model.activation': ('model.activation=swish9', "unknown model.activation 'swish9'"),
+    'model.api': ('model.api=haiku', "unknown model.api 'haiku'; choose one of linen, nnx"),
     'model.features': ('model.features=0', 'model.features=(0,) must be one or more positive'),
     'model.cell': ('model.cell=lstm2', "unknown model.cell 'lstm2'"),
     'model.hidden_size': ('model.hidden_size=0', 'model.hidden_size=0 must be positive'),
@@ -286,6 +287,7 @@ def _run_case(name: str, folder: pathlib.Path) -> dict:
   return {'returncode': proc.returncode, 'stderr': proc.stderr, 'touched': before != after}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_bad_input_gets_one_error_line_and_changes_nothing(tmp_path, name):
   # One case per test, so that pytest-xdist spreads the cases (each a few seconds of imports)
@@ -354,6 +356,7 @@ def poison_inputs(monkeypatch):
   step_lib.train_steps.clear_cache()
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path, poison_inputs):
   poison_inputs([21])
   with pytest.raises(train.TrainingDiverged) as diverged:
@@ -366,6 +369,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path,
   assert not rundir.is_complete(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_with_skip_skips_the_update_and_counts_it(tmp_path, poison_inputs):
   poison_inputs([13, 27])
   # BatchNorm: a skipped step must also leave the running averages (used to evaluate) alone.

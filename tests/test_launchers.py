@@ -17,6 +17,8 @@ from ln_jax.sweeps import sweep
 from ln_jax.sweeps import sweep_runner
 from ln_jax.errors import UserError
 
+pytestmark = pytest.mark.slow  # submitit jobs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = '''
 BASE_CONFIG = 'configs/pi_mnist.py:tiny,data.valid_size=0'

@@ -23,6 +23,8 @@ from ln_jax.training import metrics_repair
 from ln_jax.training import workdir as workdir_lib
 from ln_jax.training import rundir
 
+pytestmark = pytest.mark.slow  # processes joined into one job
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 320 training examples, batch 16: 20 steps, two evaluations, one compiled 10-step call and one
 # compiled evaluation (the valid and test sets are both 100 examples).

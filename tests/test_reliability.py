@@ -25,6 +25,8 @@ from ln_jax.training import rundir
 from ln_jax.training import train
 from conftest import load_config
 
+pytestmark = pytest.mark.slow  # trained runs, damaged on purpose
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 20 steps per epoch, 60 in all; evaluations every 10 steps, checkpoints every 15 (45 and 60 kept
 # besides 30), fused calls of 5 steps.

@@ -21,6 +21,8 @@ from ln_jax.training import train
 from ln_jax.training import workdir as workdir_lib
 from ln_jax.errors import Interrupted
 
+pytestmark = pytest.mark.slow  # interrupted and resumed subprocess runs
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # 20 steps per epoch, 120 in all; evaluations every 10 steps, checkpoints every 15 and fused calls
 # of 5 steps, so checkpoints and stops fall inside evaluation windows.

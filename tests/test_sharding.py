@@ -18,6 +18,8 @@ from ln_jax import layers
 from ln_jax.training import parallel
 from ln_jax.errors import UserError
 
+pytestmark = pytest.mark.slow  # runs on 1 and 4 devices in subprocesses
+
 # Runs in a fresh interpreter: the device count is fixed when JAX starts.
 _WORKER = r'''
 import json, sys, tempfile
@@ -51,6 +53,7 @@ config = load_config('configs/pi_mnist.py', 'tiny')
 from conftest import empty_window, new_train_state
 from ln_jax.training import step
 import numpy as np
+
 mesh = parallel.make_mesh(4)
 state = parallel.replicate(new_train_state(config, jax.random.PRNGKey(0),
                                            np.zeros((1, 784), np.uint8)), mesh)

@@ -29,6 +29,8 @@ from ln_jax.training import rundir
 from ln_jax.training import step as step_lib
 from ln_jax.training import train
 
+pytestmark = pytest.mark.slow  # trained runs of each normalizer
+
 
 @pytest.mark.parametrize('config, overrides', [
     ('configs/pi_mnist.py:tiny', ['--config.norm=group']),

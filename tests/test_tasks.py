@@ -60,6 +60,7 @@ def test_user_task_trains_with_its_own_metrics(tmp_path):
   assert [m['name'] for m in described['task']['metrics']] == ['loss', 'abs_error']
 
 
+@pytest.mark.slow
 def test_user_task_sweeps_vmapped_and_compares_with_its_units(tmp_path):
   sweep_dir = tmp_path / 'sweep'
   result = _run(['scripts/sweep.py', f'--experiment={REGRESSION / "experiment.py"}:tiny',
@@ -119,6 +120,7 @@ def _uninterrupted_and_stopped(configs, tmp_path, stop_after_checks: int):
   return reference, resumed
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_resume_exactly_after_a_stop(tmp_path):
   base = _config(REPO / 'configs' / 'pi_mnist.py',
                  'tiny,checkpoint_every_epochs=0.25,steps_per_call=4').unlock()
@@ -133,6 +135,7 @@ def test_vmapped_seeds_resume_exactly_after_a_stop(tmp_path):
     assert os.path.exists(os.path.join(b, rundir.SUMMARY_FILE))
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_match_separate_runs_and_call_sizes(tmp_path):
   """Each seed of a vmapped group follows its separate run (up to float rounding in batched
   products), and the group's numbers do not depend on steps_per_call, bit for bit."""
@@ -158,6 +161,7 @@ def test_vmapped_seeds_match_separate_runs_and_call_sizes(tmp_path):
         assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_data_streamed_from_the_host_gives_the_same_numbers(tmp_path):
   task_file = tmp_path / 'streamed_task.py'
   task_file.write_text(
@@ -243,6 +247,7 @@ def _bad_loss_task(tmp_path, loss_body: str) -> str:
   return str(task_file)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('loss_body,message', [
     ("return {'loss': jnp.mean(logits), 'error': logits[:, 0]}",
      "returned 'loss' with shape () for a batch of 16; return one value per example"),
@@ -259,6 +264,7 @@ def test_bad_losses_stop_before_anything_is_written(tmp_path, loss_body, message
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flag,message', [
     ('--config.task=nope', "error: unknown task 'nope'"),
     ('--config.bn_momentum=0.9',
@@ -275,6 +281,7 @@ def test_bad_task_and_norm_settings_get_one_line(tmp_path, flag, message):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_a_moved_key_in_an_experiment_names_its_new_place(tmp_path):
   experiment = tmp_path / 'old_experiment.py'
   experiment.write_text("BASE_CONFIG = 'configs/pi_mnist.py:tiny'\n"
@@ -298,6 +305,7 @@ def test_metric_descriptions_round_trip():
   assert np.isclose(task.metric('loss').scale, 1.0)
 
 
+@pytest.mark.slow
 def test_vmapped_seeds_evaluate_with_population_statistics(tmp_path):
   """Population statistics (once refused by vmapped seeds) give each seed its separate run's
   evaluations: each seed draws its own population batches from its own data."""

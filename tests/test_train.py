@@ -21,6 +21,7 @@ from ln_jax.training import step as step_lib
 from ln_jax.training import train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('norm', ['layer', 'batch', 'none'])
 def test_training_on_synthetic_data_lowers_the_loss(tmp_path, tiny_config, norm):
   tiny_config.norm = norm
@@ -32,6 +33,7 @@ def test_training_on_synthetic_data_lowers_the_loss(tmp_path, tiny_config, norm)
   assert final == records[-1]
 
 
+@pytest.mark.slow
 def test_run_directory_describes_itself(tmp_path, tiny_config):
   tiny_config.norm = 'batch'
   train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -51,6 +53,7 @@ def test_run_directory_describes_itself(tmp_path, tiny_config):
   assert rundir.is_complete(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_final_checkpoint_restores_the_trained_state(tmp_path, tiny_config):
   tiny_config.norm = 'batch'
   final = train.train_and_evaluate(tiny_config, str(tmp_path))
@@ -118,6 +121,7 @@ def test_schedule_evaluates_at_fractions_of_an_epoch(tiny_config):
   assert [s for s in range(1, 151) if schedule.is_eval_step(s)] == list(range(10, 151, 10))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run(tmp_path, tiny_config):
   tiny_config.learning_rate = 1e30
   tiny_config.optimizer = 'sgd'

@@ -15,6 +15,7 @@ from ln_jax.models.mlp import ACTIVATIONS
 from ln_jax.models.mlp import MLP
 
 MODELS = ('mlp', 'conv', 'recurrent')
+APIS = ('linen', 'nnx')  # the MLP is written in both
 
 
 def norm_logits_default(norm: str) -> bool:
@@ -30,6 +31,16 @@ def create_model(config):
     norm_logits = config.model.norm_logits
     if norm_logits is None:
       norm_logits = norm_logits_default(config.norm)
+    if config.model.api == 'nnx':
+      from ln_jax.models import mlp_nnx  # pylint: disable=g-import-not-at-top
+      return mlp_nnx.create(in_features=data_lib.NUM_PIXELS,
+                            hidden_sizes=tuple(config.model.hidden_sizes),
+                            num_classes=config.model.num_classes,
+                            activation=ACTIVATIONS[config.model.activation],
+                            norm=norms.make_nnx_norm(config), norm_logits=norm_logits,
+                            weight_norm=config.norm == 'weight',
+                            fuse_weight_grad=config.fuse_weight_grad,
+                            dtype=jnp.dtype(config.dtype))
     return MLP(hidden_sizes=tuple(config.model.hidden_sizes),
                num_classes=config.model.num_classes,
                activation=ACTIVATIONS[config.model.activation],
@@ -83,6 +94,7 @@ def config_checks(config) -> list[tuple[bool, str]]:
                          '--config.model.hidden_sizes=1000,1000'),
         (m.activation in ACTIVATIONS, f'unknown model.activation {m.activation!r}; choose one '
                                       f'of {", ".join(ACTIVATIONS)}'),
+        (m.api in APIS, f'unknown model.api {m.api!r}; choose one of {", ".join(APIS)}'),
     ]
   if m.name == 'conv':
     features = tuple(m.features)
