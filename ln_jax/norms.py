@@ -183,14 +183,19 @@ def uses_population(config) -> bool:
   return config.norm == 'batch' and config.norm_options.eval_stats == 'population'
 
 
+def _entry(config) -> Normalizer:
+  entry = NORMALIZERS.get(config.norm)
+  if entry is None:
+    raise ValueError(f'unknown norm {config.norm!r}; choose one of {", ".join(NORMS)}')
+  return entry
+
+
 def make_norm(config) -> NormFactory | None:
   """`config.norm` as a factory `make(train, *, spatial=False, **overrides) -> nn.Module`, or
   None for no norm module. `spatial` says the input is an image [B, H, W, C] (per-example norms
   then take statistics over H, W and C with a gain per channel; batch norms over B, H and W).
   The factory hides which normalizer it builds, so one model definition serves all of them."""
-  entry = NORMALIZERS.get(config.norm)
-  if entry is None:
-    raise ValueError(f'unknown norm {config.norm!r}; choose one of {", ".join(NORMS)}')
+  entry = _entry(config)
   if entry.layer is None:
     return None
   options = config.norm_options
@@ -206,9 +211,7 @@ def make_nnx_norm(config):
   ln_jax.nnx module, call(module, x, train) -> y), or None for no norm module. The same entry and
   arguments as `make_norm`; `call` passes BN's family the statistics the Linen layer would use
   (batch statistics in training, running averages or batch statistics in evaluation)."""
-  entry = NORMALIZERS.get(config.norm)
-  if entry is None:
-    raise ValueError(f'unknown norm {config.norm!r}; choose one of {", ".join(NORMS)}')
+  entry = _entry(config)
   if entry.layer is None:
     return None
   from ln_jax import nnx as nnx_layers  # pylint: disable=g-import-not-at-top
