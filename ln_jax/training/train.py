@@ -158,11 +158,15 @@ class _Loop:
                        else parallel.replicate(self.host_train, mesh))
 
   # ---- setting up: states, checkpoints, resume --------------------------------------------
+  def _first_examples(self, n: int):
+    """The first `n` training examples (of the first seed's data when each seed has its own)."""
+    train = _take(self.host_train, 0) if self.per_seed else self.host_train
+    return jax.tree.map(lambda a: a[:n], train)
+
   def _initial_states(self):
     model = self.task.create_model(self.config)
     tx = optimizers.make_optimizer(self.config)
-    example = jax.tree.map(lambda a: a[:1], self.host_train if not self.per_seed
-                           else _take(self.host_train, 0))
+    example = self._first_examples(1)
     states, data_keys = [], []
     for c in self.configs:
       init_key, data_key = jax.random.split(jax.random.PRNGKey(c.seed))
@@ -234,8 +238,7 @@ class _Loop:
     ckpts = [checkpoint.manager(w, cfg.checkpoint_keep) for w in self.workdirs]
     start_step = self._choose_start(ckpts)
     states, data_keys = self._initial_states()
-    example = jax.tree.map(lambda a: a[:cfg.batch_size], self.host_train if not self.per_seed
-                           else _take(self.host_train, 0))
+    example = self._first_examples(cfg.batch_size)
     self.unroll = jax.default_backend() == 'cpu' and step_lib.has_convolution(states[0], example)
     if self.unroll:
       logging.info('the model has convolutions: one step per compiled call, outside a loop '
