@@ -8,7 +8,8 @@ claims.md / claims.json.
   python scripts/compare.py /tmp/f6_a /tmp/f6_b --output_dir=/tmp/f6_both --all_settings
 
 A folder may hold a sweep or any run directories made by hand; the sweep's experiment file sets
-the default metric, grouping, tuned keys, selection metric and claims.
+the default metric, grouping, tuned keys, selection metric and claims (as recorded in sweep.json),
+and the figure's panels and axes (its PANEL_BY and PLOT, read from the file at compare time).
 """
 
 import os
@@ -35,13 +36,15 @@ _ALL_SETTINGS = flags.DEFINE_bool('all_settings', False, 'Plot and tabulate ever
                                   'tuned keys, not only the selected one.')
 _ALLOW_MIXED = flags.DEFINE_bool('allow_mixed', False, 'Average runs of a group that differ in '
                                  'keys that are neither grouped, tuned nor the seed.')
-_PANEL_BY = flags.DEFINE_string('panel_by', 'batch_size', 'Group key with one panel per value '
-                                '(the first group key when this one is not grouped on).')
+_PANEL_BY = flags.DEFINE_string(
+    'panel_by', None, "Group key with one panel per value (default: the experiment's PANEL_BY, "
+    'else batch_size when grouped on, else one panel for all groups).')
 _THRESHOLD = flags.DEFINE_float(
     'threshold', 0.02, 'The table gives the epochs each group took to reach metric <= threshold '
     "(>= for a higher-is-better metric), in the metric's stored units (0.02: 2% error).")
 _BAND = flags.DEFINE_enum('band', 'ci', ['ci', 'minmax', 'std'], 'Band around each mean curve: '
-                          '95% t interval of the mean, min-max or +/- std over seeds.')
+                          '95% t interval of the mean, min-max or +/- std over seeds (groups of '
+                          'fewer than 3 seeds draw each seed instead).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where the figures and tables go '
                                   '(default: the first folder).')
 
@@ -80,7 +83,7 @@ def main(argv):
   os.makedirs(out_dir, exist_ok=True)
   if not os.access(out_dir, os.W_OK):
     raise UserError(f'cannot write into {out_dir}; fix its permissions or pass --output_dir')
-  panel_key = _PANEL_BY.value if _PANEL_BY.value in group_by else group_by[0]
+  panel_key = compare.panel_key(group_by, _PANEL_BY.value, defaults.panel_by)
   groups = compare.group_runs(runs, group_by, tuned, _ALLOW_MIXED.value)
   selection.check_select_by(runs, select_by)
   tuned_groups = selection.tune(groups, tuned, select_by)
@@ -105,7 +108,8 @@ def main(argv):
                                        f'{images:,} images' if images else '']))
       curves.append({'values': values, 'runs': setting.runs, 'detail': detail})
   prefix = os.path.join(out_dir, f'comparison_{metric}')
-  figures = plots.learning_curves(curves, group_by, panel_key, metric, _BAND.value, prefix)
+  figures = plots.learning_curves(curves, group_by, panel_key, metric, _BAND.value, prefix,
+                                  defaults.plot)
   report = table + ('\nPaired differences between methods:\n\n' + diffs if diffs else '')
   rundir.write_text_atomic(prefix + '.md', report)
   rundir.write_text_atomic(prefix + '.csv', tables.csv_table(rows))

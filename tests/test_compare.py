@@ -136,7 +136,9 @@ def test_hand_made_runs_repeated_steps_and_unfinished_runs(tmp_path):
   assert (batch['norm'], batch['runs'], batch['unfinished']) == ('batch', 2, 1)
   # No validation metric: each run is read at its final evaluation, never at its best test.
   assert batch['at_best_mean'] == pytest.approx(0.25) and batch['final_mean'] == 0.25
-  assert batch['reached'] == 2 and batch['epochs_to_threshold'] == pytest.approx(1.5)
+  # Run a crosses 0.35 halfway between its evaluations at epochs 1 and 2 (0.4, 0.3): 1.5;
+  # run b is below it at its first evaluation: 1.0.
+  assert batch['reached'] == 2 and batch['epochs_to_threshold'] == pytest.approx(1.25)
   table = tables.markdown_table(rows, ('norm',), (), metrics_lib.info(runs, 'test_error'),
                                 metrics_lib.info(runs, 'valid_error'), 0.35)
   assert '| LayerNorm | - | 1 | 10.00 | 10.00 | - | 1 (1/1) | - |' in table
@@ -224,3 +226,81 @@ def test_compare_explains_a_missing_or_empty_directory(tmp_path):
   assert result.stderr.strip().splitlines() == [
       f'error: {tmp_path / "missing"} is not a directory; pass a sweep directory or a folder '
       'of runs']
+
+
+# ---- the figure: per-seed curves for few seeds, panels, the experiment's axes ------------------
+
+def synthetic_run(norm, seed, batch_size=None, errors=(0.05, 0.02, 0.015)):
+  """A compare.Run with three evaluations, made in memory."""
+  config = {'norm': norm, 'seed': seed, **({'batch_size': batch_size} if batch_size else {})}
+  records = [{'step': i + 1, 'epoch': i + 1.0, 'train_loss': 0.5 / (i + 1) * (1 + 0.1 * seed),
+              'test_error': e * (1 + 0.05 * seed)} for i, e in enumerate(errors)]
+  return compare.Run(f'{norm}_{batch_size}_{seed}', config, records, True)
+
+
+def curves_of(groups: dict) -> list:
+  return [{'values': values, 'runs': runs, 'detail': ''} for values, runs in groups.items()]
+
+
+def test_groups_of_fewer_than_3_seeds_draw_each_seed():
+  from ln_jax.analysis import plots
+  curves = curves_of({('layer',): [synthetic_run('layer', s) for s in range(2)],
+                      ('none',): [synthetic_run('none', s) for s in range(3)]})
+  fig = plots.figure(curves, ('norm',), None, 'test_error', 'ci')
+  for ax in fig.axes:
+    # LayerNorm: its 2 seeds' curves, one legend entry; Baseline: its mean (the band is a patch).
+    assert len(ax.get_lines()) == 3
+    assert len(ax.collections) == 1
+  labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+  assert labels == ['LayerNorm (2 seeds)', 'Baseline (3 seeds)']
+  assert 'each seed drawn where a group has fewer than 3' in fig._suptitle.get_text()
+
+
+def test_panels_split_by_batch_size_or_the_experiments_key_else_one_panel():
+  assert compare.panel_key(('norm', 'batch_size'), None, None) == 'batch_size'
+  assert compare.panel_key(('norm',), None, None) is None
+  assert compare.panel_key(('norm', 'model.pixels_per_step', 'batch_size'), None,
+                           'model.pixels_per_step') == 'model.pixels_per_step'
+  assert compare.panel_key(('norm', 'batch_size'), None, 'model.pixels_per_step') == 'batch_size'
+  with pytest.raises(UserError, match='--panel_by=seed is not a group key'):
+    compare.panel_key(('norm',), 'seed', None)
+  from ln_jax.analysis import plots
+  by_batch = {(n, b): [synthetic_run(n, s, b) for s in range(3)]
+              for b in (128, 4) for n in ('none', 'batch', 'layer')}
+  fig = plots.figure(curves_of(by_batch), ('norm', 'batch_size'), 'batch_size', 'test_error',
+                     'ci')
+  assert [ax.get_title() for ax in fig.axes[:2]] == ['batch size 128', 'batch size 4']
+  assert len(fig.axes) == 4 and all(len(ax.get_lines()) == 3 for ax in fig.axes)
+  # No panel key (a conv experiment grouped by norm only): every norm in one panel.
+  by_norm = {(n,): [synthetic_run(n, s) for s in range(3)] for n in ('none', 'batch', 'layer')}
+  fig = plots.figure(curves_of(by_norm), ('norm',), None, 'test_error', 'ci')
+  assert len(fig.axes) == 2 and len(fig.axes[0].get_legend().get_texts()) == 3
+
+
+def test_the_experiments_axes_apply_where_the_data_fits():
+  from ln_jax.analysis import plots
+  plot = {'train_loss': {'log': True}, 'test_error': {'ylim': (0.005, 0.025)}}
+  fits = curves_of({('layer',): [synthetic_run('layer', s) for s in range(3)]})
+  fig = plots.figure(fits, ('norm',), None, 'test_error', 'ci', plot)
+  nll, error = fig.axes
+  assert nll.get_yscale() == 'log'
+  assert error.get_ylim() == pytest.approx((0.5, 2.5))  # in %, as the axis shows it
+  # Runs that end at 4% error do not fit 0.5-2.5%: the axis follows the data.
+  high = curves_of({('layer',): [synthetic_run('layer', s, errors=(0.2, 0.08, 0.04))
+                                 for s in range(3)]})
+  _, error = plots.figure(high, ('norm',), None, 'test_error', 'ci', plot).axes
+  assert error.get_ylim()[1] > 4.0
+
+
+def test_compare_reads_the_panel_key_and_axes_from_the_experiment_file(tmp_path):
+  (tmp_path / 'experiment.py').write_text(
+      "PANEL_BY = 'model.pixels_per_step'\nPLOT = {'test_error': {'log': True}}\n")
+  write_run(tmp_path / 'runs' / 'a', {'norm': 'layer', 'seed': 0}, [record(10, 0.1, 0.1)])
+  rundir.write_json_atomic(str(tmp_path / 'runs' / 'sweep.json'), {
+      'experiment': f'{tmp_path / "experiment.py"}:cpu', 'metrics': ['test_error'],
+      'group_by': ['norm'], 'members': []})
+  defaults = compare.sweep_defaults(str(tmp_path / 'runs'))
+  assert defaults.panel_by == 'model.pixels_per_step'
+  assert defaults.plot == {'test_error': {'log': True}}
+  (tmp_path / 'experiment.py').unlink()  # gone: the default layout, with a warning
+  assert compare.sweep_defaults(str(tmp_path / 'runs')).panel_by is None

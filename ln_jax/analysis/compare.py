@@ -10,6 +10,7 @@ tables in tables.py; claims in claims.py.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from ln_jax.errors import UserError
 
 METHOD_NAMES = {'none': 'Baseline', 'batch': 'BatchNorm', 'layer': 'LayerNorm'}  # the paper's
 DEFAULT_GROUP_BY = ('norm', 'batch_size')
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNIST_TRAIN_IMAGES = 60000  # before the validation images are taken off
 # Keys that describe where and how a run was made, not what it trained: never a reason to refuse.
 NOT_EXPERIMENT_KEYS = ('data.dir', 'log_every_seconds', 'checkpoint_every_epochs',
@@ -46,6 +48,8 @@ class Defaults:
   tuned: tuple = ()
   select_by: str | None = None   # None: the task's selection metric on the validation split
   claims: tuple = ()
+  panel_by: str | None = None    # the experiment's PANEL_BY: the group key with one panel a value
+  plot: dict = dataclasses.field(default_factory=dict)  # the experiment's PLOT (plots.py)
 
 
 def read_run(path: str, root: str) -> Run:
@@ -105,19 +109,57 @@ def find_runs(roots) -> list[Run]:
   return runs
 
 
+def _experiment_figure(spec: str | None) -> tuple[str | None, dict]:
+  """(PANEL_BY, PLOT) of the experiment file a sweep was made from, read now, so that a figure's
+  layout can change without training again; (None, {}) with a warning when the file is gone or
+  fails (the comparison itself does not need it)."""
+  path = (spec or '').partition(':')[0]
+  found = [p for p in (path, os.path.join(REPO_ROOT, path)) if path and os.path.isfile(p)]
+  if not found:
+    if path:
+      logging.warning('experiment file %s not found: default figure layout', path)
+    return None, {}
+  module_spec = importlib.util.spec_from_file_location('_ln_jax_compared_experiment', found[0])
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  # any error in that file's own code
+    logging.warning('experiment file %s fails (%s): default figure layout', found[0], e)
+    return None, {}
+  return getattr(module, 'PANEL_BY', None), dict(getattr(module, 'PLOT', {}))
+
+
 def sweep_defaults(roots) -> Defaults:
   """The metric, grouping, tuned keys, selection metric and claims of the first sweep among
-  `roots` (compared folders are expected to hold the same experiment), else the defaults."""
+  `roots` (compared folders are expected to hold the same experiment), with its experiment
+  file's PANEL_BY and PLOT; else the defaults."""
   roots = [roots] if isinstance(roots, str) else list(roots)
   for root in roots:
     sweep = _sweep_file(root)
     if sweep is not None:
+      panel_by, plot = _experiment_figure(sweep.get('experiment'))
       return Defaults(metric=(sweep.get('metrics') or [None])[0],
                       group_by=tuple(sweep['group_by']),
                       tuned=tuple(sweep.get('tuned', ())),
                       select_by=sweep.get('select_by'),
-                      claims=tuple(sweep.get('claims', ())))
+                      claims=tuple(sweep.get('claims', ())),
+                      panel_by=panel_by, plot=plot)
   return Defaults()
+
+
+def panel_key(group_by: tuple, requested: str | None, experiment: str | None) -> str | None:
+  """The group key whose values get one panel each: `requested` (--panel_by), else the
+  experiment's PANEL_BY when grouped on, else batch_size when grouped on; None: one panel for
+  all groups."""
+  if requested:
+    if requested not in group_by:
+      raise UserError(f'--panel_by={requested} is not a group key ({", ".join(group_by)}); '
+                      'name one of them, or add it to --group_by')
+    return requested
+  for key in (experiment, 'batch_size'):
+    if key in group_by:
+      return key
+  return None
 
 
 def group_runs(runs: list[Run], keys: tuple[str, ...], tuned: tuple[str, ...] = (),

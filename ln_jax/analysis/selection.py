@@ -51,13 +51,18 @@ def at_selection(run: compare.Run, metric: str, select_by: str) -> float:
   return value if _finite(value) else math.nan
 
 
+def seed_keys(runs: list) -> list:
+  """Each run's key for pairing across groups: its seed, or (seed, path) for runs that share a
+  seed."""
+  seeds = [r.config.get('seed') for r in runs]
+  return [seed if seeds.count(seed) == 1 else (seed, run.path) for run, seed in zip(runs, seeds)]
+
+
 def by_seed(runs: list, metric: str, select_by: str, final: bool = False) -> dict:
   """{seed: value} of `metric` at each run's selected (or final) evaluation; runs that share a
   seed are told apart by their path."""
-  seeds = [r.config.get('seed') for r in runs]
   out = {}
-  for run, seed in zip(runs, seeds):
-    key = seed if seeds.count(seed) == 1 else (seed, run.path)
+  for run, key in zip(runs, seed_keys(runs)):
     value = final_value(run, metric) if final else at_selection(run, metric, select_by)
     if math.isfinite(value):
       out[key] = value

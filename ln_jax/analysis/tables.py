@@ -14,22 +14,17 @@ import math
 import numpy as np
 
 from ln_jax.analysis import compare
+from ln_jax.analysis import convergence
 from ln_jax.analysis import metrics as metrics_lib
 from ln_jax.analysis import selection
 from ln_jax.analysis import stats
 
 
-def _epochs_to(run, metric: str, threshold: float) -> float:
-  epochs, vals = compare.values(run, metric)
-  reached = (vals <= threshold if metrics_lib.lower_is_better(run, metric)
-             else vals >= threshold)
-  hit = np.nonzero(reached)[0]
-  return float(epochs[hit[0]]) if len(hit) else math.nan
-
-
 def summarize(tuned_groups: dict, keys: tuple, tuned: tuple, metric: str, select_by: str,
               threshold: float, all_settings: bool = False) -> list[dict]:
-  """One row per group's selected setting (per setting with `all_settings`)."""
+  """One row per group's selected setting (per setting with `all_settings`). The epochs to the
+  threshold: the mean, over the runs that reach it, of the epoch each first does (interpolated
+  between evaluations, convergence.epochs_to_reach)."""
   rows = []
   for group_values, settings in tuned_groups.items():
     for rank, setting in enumerate(settings if all_settings else settings[:1]):
@@ -48,7 +43,8 @@ def summarize(tuned_groups: dict, keys: tuple, tuned: tuple, metric: str, select
             interval.mean, interval.low, interval.high)
       selected = list(selection.by_seed(runs, select_by, select_by).values())
       row[f'{select_by}_at_best'] = float(np.mean(selected)) if selected else math.nan
-      reach = [e for e in (_epochs_to(r, metric, threshold) for r in runs) if math.isfinite(e)]
+      reach = [e for e, reached in (convergence.epochs_to_reach(r, metric, threshold)
+                                    for r in runs) if reached]
       row['epochs_to_threshold'] = float(np.mean(reach)) if reach else math.nan
       row['reached'] = len(reach)
       # The first window of a run includes compilation: leave it out of the speed.
