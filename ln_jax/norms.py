@@ -169,6 +169,9 @@ NORMALIZERS = {
     'batch_renorm': Normalizer(_batch_renorm, batch_dependent=True, checks=_renorm_checks),
 }
 NORMS = tuple(NORMALIZERS)
+# Norms of the recurrent cells alone, with no feed-forward layer: 'layer_c' (LN of the LSTM's cell
+# state, the paper's DRAW cell). The models whose cells take them accept them in their checks.
+CELL_ONLY_NORMS = cells.LSTM_ONLY_NORMS
 RECURRENT_NORMS = tuple(name for name, n in NORMALIZERS.items() if n.recurrent)
 # A conv net takes every norm with a layer (weight norm reparameterizes dense layers only).
 CONV_NORMS = ('none',) + tuple(name for name, n in NORMALIZERS.items() if n.layer is not None)
@@ -252,8 +255,9 @@ def checks(config, widths=()) -> list[tuple[bool, str]]:
   """(condition, one-line message) pairs for `config.norm` and its options; `widths` are the
   widths the model normalizes (for group norm's divisibility)."""
   o = config.norm_options
-  if config.norm not in NORMALIZERS:
-    return [(False, f'unknown norm {config.norm!r}; choose one of {", ".join(NORMS)}')]
+  if config.norm not in NORMALIZERS and config.norm not in CELL_ONLY_NORMS:
+    return [(False, f'unknown norm {config.norm!r}; choose one of '
+                    f'{", ".join(NORMS + CELL_ONLY_NORMS)}')]
   # Every normalizer's settings are checked, so a bad value fails whichever norm is chosen; the
   # widths only for the chosen one.
   out = [
@@ -263,7 +267,7 @@ def checks(config, widths=()) -> list[tuple[bool, str]]:
       (o.max_steps is None or o.max_steps > 0,
        f'norm_options.max_steps={o.max_steps} must be positive, or unset for the sequence '
        'length'),
-  ] + NORMALIZERS[config.norm].checks(o, widths)
+  ] + (NORMALIZERS[config.norm].checks(o, widths) if config.norm in NORMALIZERS else [])
   for name, entry in NORMALIZERS.items():
     if name != config.norm:
       out += [check for check in entry.checks(o, None) if check not in out]

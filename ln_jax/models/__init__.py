@@ -87,6 +87,8 @@ def config_checks(config) -> list[tuple[bool, str]]:
   if m.name == 'mlp':
     sizes = tuple(m.hidden_sizes)
     checks += [
+        (config.norm in norms.NORMS, f'norm={config.norm!r} normalizes recurrent cells only; '
+                                     f'choose one of {", ".join(norms.NORMS)}'),
         (_positive_ints(sizes), f'model.hidden_sizes={sizes} must be positive integers, e.g. '
                                 '--config.model.hidden_sizes=500,500'),
         (len(sizes) > 0, 'model.hidden_sizes=() is empty: the MLP would be one linear layer '

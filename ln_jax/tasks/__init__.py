@@ -1,6 +1,7 @@
 """Tasks: what a run trains and how it is scored (`Task`, `Metric`), and `load_task(config)`.
 
-`config.task` names a built-in task ('classification') or a Python file of the user's, e.g.
+`config.task` names a built-in task ('classification': the MNIST classifiers; 'draw': DRAW on
+binarized MNIST) or a Python file of the user's, e.g.
 `config.task = 'my_tasks/regression.py'`, that defines `get_task() -> ln_jax.tasks.Task`. A
 relative path is read from the working directory, as experiment files are.
 """
@@ -14,7 +15,7 @@ from ln_jax.errors import UserError
 from ln_jax.tasks.task import Metric
 from ln_jax.tasks.task import Task
 
-BUILTIN = ('classification',)
+BUILTIN = ('classification', 'draw')
 _LOADED = {}  # (path, mtime) -> Task: one object per file, so compiled steps are reused
 
 
@@ -22,6 +23,9 @@ def _builtin(name: str) -> Task:
   if name == 'classification':
     from ln_jax.tasks import classification
     return classification.TASK
+  if name == 'draw':
+    from ln_jax.tasks import draw
+    return draw.TASK
   raise KeyError(name)
 
 

@@ -21,7 +21,9 @@ The data stays on the device and each batch is gathered there; a task whose data
 sets `stream_from_host=True`, and the loop gathers each call's batches on the host instead (the
 same examples in the same order, so the numbers do not change). A model that draws random
 numbers (dropout, a latent sample) names its rng streams in `rngs`: each step gets keys folded
-from the run's seed and the step.
+from the run's seed and the step. A task whose outputs are worth looking at (a generative model's
+samples) gives `pictures`, called at each evaluation with the evaluated variables and a key fixed
+for the run, so successive pictures show the same draws as training goes on.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class Task:
   check_config: Callable[[Any], list] = lambda config: []
   # Widths the model normalizes, for group norm's divisibility check (config -> tuple of ints).
   normalized_widths: Callable[[Any], tuple] = lambda config: ()
+  # Optional: (model, variables, config, key) -> {name: uint8 image [H, W] or [H, W, C]}, drawn
+  # at each evaluation into <run>/pictures/<name>.png and TensorBoard's images.
+  pictures: Callable[..., dict] | None = None
 
   def metric(self, name: str) -> Metric:
     for m in self.metrics:

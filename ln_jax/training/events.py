@@ -10,7 +10,8 @@ The HParams dashboard reads three summaries of the hparams plugin from each run:
 end (written when the run finishes). Its metric columns are scalar tags of the same run: the last
 value of each of the task's curves, plus `best/valid_<m>` and `best/test_<m>` for the task's
 selection metric m (for classification `best/valid_error` and `best/test_error`: the test error at
-the evaluation with the best validation error so far).
+the evaluation with the best validation error so far). A task's pictures (`Task.pictures`) are
+images under `pictures/`, on the same step axis.
 """
 
 from __future__ import annotations
@@ -137,6 +138,12 @@ class EventWriter:
         tag = 'best/' + key
         if value is not None:
           self._tb.add_scalar(tag, value, global_step=examples)
+
+  def write_pictures(self, pictures: dict, step: int) -> None:
+    """Images [H, W] or [H, W, C] (uint8) under `pictures/<name>`, at the examples seen."""
+    for name, image in pictures.items():
+      self._tb.add_image(f'pictures/{name}', image, global_step=step * self._batch_size,
+                         dataformats='HW' if image.ndim == 2 else 'HWC')
 
   def finish(self) -> None:
     """Marks the run's HParams session as ended successfully."""

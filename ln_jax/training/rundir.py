@@ -94,6 +94,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, config, task):
     from ln_jax.training import events
+    self._workdir = workdir
     self._path = os.path.join(workdir, METRICS_FILE)
     self._events = events.EventWriter(workdir, flatten(config.to_dict()), task,
                                       read_metrics(workdir))
@@ -105,6 +106,12 @@ class MetricsWriter:
       f.flush()
       os.fsync(f.fileno())
     self._events.write({k: v for k, v in record.items() if v is not None})
+
+  def write_pictures(self, pictures: dict, step: int, final: bool) -> None:
+    """The task's pictures of the evaluation at `step`: PNG files and TensorBoard images."""
+    from ln_jax.training import pictures as pictures_lib
+    pictures_lib.save(self._workdir, pictures, final)
+    self._events.write_pictures(pictures, step)
 
   def finish(self) -> None:
     """The run completed: its HParams session ends."""
@@ -120,6 +127,9 @@ class NoMetricsWriter:
 
   def write(self, record: dict) -> None:
     del record
+
+  def write_pictures(self, pictures: dict, step: int, final: bool) -> None:
+    del pictures, step, final
 
   def finish(self) -> None:
     pass

@@ -33,6 +33,7 @@ from ln_jax.training import config_checks
 from ln_jax.training import metrics_repair
 from ln_jax.training import optimizers
 from ln_jax.training import parallel
+from ln_jax.training import pictures as pictures_lib
 from ln_jax.training import population
 from ln_jax.training import resume
 from ln_jax.training import rundir
@@ -164,7 +165,7 @@ class _Loop:
     return jax.tree.map(lambda a: a[:n], train)
 
   def _initial_states(self):
-    model = self.task.create_model(self.config)
+    model = self.model = self.task.create_model(self.config)
     tx = optimizers.make_optimizer(self.config)
     example = self._first_examples(1)
     states, data_keys = [], []
@@ -330,7 +331,8 @@ class _Loop:
                                    ckpts[i], i, diverged)
             if len(diverged) == num_runs:
               break
-            evals = self._evaluate(evaluation_state(state, step))
+            evaluated = evaluation_state(state, step)
+            evals = self._evaluate(evaluated)
             seconds = max(time.time() - rate_start, 1e-9)
             for i in range(num_runs):
               if i in diverged:
@@ -344,6 +346,8 @@ class _Loop:
               writers[i].write(record)
               last[i] = record
               loops[i].skipped_steps = record.get('skipped_steps', 0)
+            if task.pictures is not None:
+              self._pictures(evaluated, step, writers, diverged)
             progress.report(next(last[i] for i in range(num_runs) if i not in diverged))
             window = parallel.replicate(empty_windows, mesh)
             window_steps = 0
@@ -421,6 +425,15 @@ class _Loop:
                                     unroll=self.unroll)
       out[name] = jax.device_get(metrics)
     return out
+
+  def _pictures(self, state, step: int, writers, diverged: set) -> None:
+    """Each run's `Task.pictures` of the evaluated `state` into its run directory."""
+    final = step == self.schedule.total_steps
+    for i, config in enumerate(self.configs):
+      if i not in diverged:
+        one = _take(state, i) if self.vmapped else state
+        writers[i].write_pictures(pictures_lib.draw(self.task, self.model, config, one), step,
+                                  final)
 
   def _record(self, train, window_steps: int, loop, step: int, evals: dict) -> dict:
     """The metrics.jsonl line for an evaluation at `step` (wall-clock fields left to the caller)."""
