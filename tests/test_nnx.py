@@ -1,10 +1,12 @@
 """ln_jax.nnx: flax.nnx's variables and outputs under flax's settings, the Linen twins' outputs,
-gradients and batch-statistics updates, state round trips with flax.nnx, train()/eval(), and
-clear errors for bad arguments."""
+gradients and batch-statistics updates, state round trips with flax.nnx (in memory and through an
+orbax checkpoint), train()/eval(), and clear errors for bad arguments."""
 
 from __future__ import annotations
 
-import flax.linen as nn
+import pathlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,6 +232,40 @@ def test_flax_nnx_state_round_trip(name):
   jax.tree_util.tree_map(np.testing.assert_array_equal, _pure(back), _pure(ours))
 
 
+class _LayerAndBatchNorm(nnx.Module):
+
+  def __init__(self, layer_norm, batch_norm, *, rngs):
+    self.linear = nnx.Linear(4, 6, rngs=rngs)
+    self.layer_norm = layer_norm(6, rngs=rngs)
+    self.batch_norm = batch_norm(6, rngs=rngs)
+
+  def __call__(self, x):
+    return self.batch_norm(nnx.relu(self.layer_norm(self.linear(x))))
+
+
+def test_flax_nnx_checkpoint_restores_into_ours(tmp_path):
+  """An orbax checkpoint (ln_jax.training.checkpoint) of a model built with flax.nnx's
+  LayerNorm and BatchNorm restores into the same model built with ours: same outputs."""
+  from ln_jax.training import checkpoint
+  ours_norms = (
+      lambda n, rngs: lnx.LayerNorm(n, epsilon=1e-6, use_fast_variance=True, rngs=rngs),
+      lambda n, rngs: lnx.BatchNorm(n, use_fast_variance=True, rngs=rngs))
+  theirs = _LayerAndBatchNorm(nnx.LayerNorm, nnx.BatchNorm, rngs=nnx.Rngs(0))
+  _load(theirs, _perturbed(_pure(theirs)))
+  x = np.random.default_rng(7).normal(1.0, 2.0, size=(8, 4)).astype(np.float32)
+  theirs(x)  # a training step: the running averages move
+  mngr = checkpoint.manager(str(tmp_path), keep=1)
+  checkpoint.save(mngr, 1, nnx.state(theirs))
+  abstract = nnx.eval_shape(lambda: _LayerAndBatchNorm(*ours_norms, rngs=nnx.Rngs(1)))
+  restored = checkpoint.restore(mngr, 1, nnx.state(abstract))
+  ours = _LayerAndBatchNorm(*ours_norms, rngs=nnx.Rngs(1))
+  nnx.update(ours, restored)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _pure(ours), _pure(theirs))
+  for model in (ours, theirs):
+    model.eval()
+  _close(ours(x), theirs(x))
+
+
 # (d) train() / eval() / nnx.view switch between batch statistics and running averages.
 
 class _Batch(nnx.Module):
@@ -259,9 +295,18 @@ def test_train_eval_switch_statistics():
   stats = _pure(model, nnx.BatchStat)
   assert not np.allclose(stats['bn']['mean'], 0.0)
   assert int(stats['renorm']['step']) == 1
-  # nnx.view gives an evaluation view sharing the variables; the call argument wins.
+
+
+@pytest.mark.skipif(not hasattr(nnx, 'view'), reason='nnx.view needs flax >= 0.12.4')
+def test_nnx_view_evaluates_with_the_running_averages():
+  """nnx.view gives an evaluation view sharing the variables; the call argument wins."""
+  x = np.random.default_rng(6).normal(4.0, 2.0, (16, 3)).astype(np.float32)
+  model = _Batch(rngs=nnx.Rngs(0))
+  model.train()
+  model(x)  # the running averages move off their start
   evaluation = nnx.view(model, use_running_average=True)
   _close(evaluation.bn(x), model.bn(x, use_running_average=True))
+  _close(evaluation.renorm(x), model.renorm(x, use_running_average=True))
   assert not model.bn.use_running_average
 
 
@@ -306,3 +351,14 @@ def test_group_norm_bad_groups():
     lnx.GroupNorm(6, num_groups=None, group_size=4, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match='ghost'):
     lnx.BatchNorm(6, ghost_batches=4, rngs=nnx.Rngs(0))(jnp.ones((6, 6)))
+
+
+# (f) The examples of docs/nnx.md run.
+
+def test_the_examples_of_the_nnx_docs_run():
+  text = (pathlib.Path(__file__).resolve().parents[1] / 'docs' / 'nnx.md').read_text()
+  blocks = re.findall(r'```python\n(.*?)```', text, re.S)
+  assert len(blocks) >= 5
+  namespace = {}
+  for block in blocks:  # in order, in one namespace, as a reader would paste them
+    exec(compile(block, 'docs/nnx.md', 'exec'), namespace)  # pylint: disable=exec-used

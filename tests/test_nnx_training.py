@@ -1,8 +1,14 @@
 """An NNX model trained by the framework: the PI-MNIST MLP written in Flax NNX (config
 `model.api=nnx`) goes through the same task, loop, resume, vmapped seeds and compare as the Linen
-one, and from the same parameters gives the same metrics."""
+one, and from the same parameters gives the same metrics; a user's NNX model in a task file of
+its own (examples/nnx_model) trains through scripts/train.py."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -16,6 +22,7 @@ from ln_jax.training import step as step_lib
 from ln_jax.training import train
 from ln_jax.training import window as window_lib
 from tests.conftest import load_config
+from tests.conftest import REPO_ROOT
 
 
 def _state(config, images):
@@ -95,3 +102,21 @@ def test_an_unknown_api_is_one_error_line(tmp_path):
   config = load_config('configs/pi_mnist.py', 'tiny,model.api=haiku')
   with pytest.raises(UserError, match="unknown model.api 'haiku'; choose one of linen, nnx"):
     config_checks.check_config(config, tasks.load_task(config))
+
+
+@pytest.mark.slow
+def test_the_nnx_example_trains_through_the_train_script(tmp_path):
+  """examples/nnx_model: ln_jax.nnx's LSTM cell with recurrent BN under nnx.RNN, in a model
+  brought into the loop by nnx.bridge.to_linen, trained a few steps by scripts/train.py."""
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, 'scripts/train.py', '--config=examples/nnx_model/config.py:tiny',
+       f'--workdir={workdir}', '--config.norm=batch'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'PYTHONPATH': REPO_ROOT})
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = rundir.read_metrics(str(workdir))
+  assert records[-1]['train_loss'] < records[0]['train_loss']
+  assert {'valid_error', 'test_error', 'test_loss'} <= set(records[-1])
+  described = json.loads((workdir / 'config.json').read_text())
+  assert described['task']['name'] == 'nnx_sequences'

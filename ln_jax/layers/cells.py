@@ -25,6 +25,10 @@ use autodiff of the scan. With LN the kernels are re-centred per normalized grou
 first (LN's output is invariant to that, paper Table 1), so each LN of a projection needs its
 variance only. Statistics are float32. Kernels are stored as [inputs, units] with the gate
 blocks side by side in the order above.
+
+The normalizers (`NormSpec`, `StepNorm`, `RecurrentNorm`) are in `recurrent_norms` and importable
+from here. A cell's parameters, normalizer layout and step equations below are shared by the
+layer and the step-wise cells (`rnn_cells`, and `ln_jax.nnx.cells` in Flax NNX).
 """
 
 from __future__ import annotations
@@ -38,176 +42,19 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from ln_jax.layers import batch_renorm
-from ln_jax.layers import group_norm
 from ln_jax.kernels import lstm_kernel
 from ln_jax.kernels import projection
-from ln_jax.layers import statistics
+# Also importable from here, where they were defined before: cells.NormSpec, cells.StepNorm, ...
+from ln_jax.layers.recurrent_norms import NormSpec
+from ln_jax.layers.recurrent_norms import PER_EXAMPLE_NORMS
+from ln_jax.layers.recurrent_norms import RecurrentNorm
+from ln_jax.layers.recurrent_norms import StepNorm  # pylint: disable=unused-import
 
 CELLS = ('lstm', 'gru', 'rnn')
 RECURRENT_NORMS = ('none', 'layer', 'batch', 'group', 'batch_renorm')
-PER_EXAMPLE_NORMS = ('layer', 'group')  # gains 1, with shifts, where the paper's LN is
 LSTM_ONLY_NORMS = ('layer_c',)  # LN of the cell state only (the paper's DRAW LSTM)
 # Units of the fused projection per hidden unit, in gate blocks: f i o g | z r candidate | a.
 GATE_BLOCKS = {'lstm': 4, 'gru': 3, 'rnn': 1}
-
-
-@dataclasses.dataclass(frozen=True)
-class NormSpec:
-  """How a recurrent layer normalizes its summed inputs.
-
-  `max_steps` is BN's T_max (None: the sequence length at initialization).
-  `eval_batch_stats` makes BN use the batch statistics in evaluation too. `groups` is GN's
-  number of groups; `renorm` Batch Renorm's clipping schedule.
-  """
-  kind: str = 'layer'
-  epsilon: float = statistics.DEFAULT_EPSILON
-  fast_variance: bool = False
-  momentum: float = 0.99
-  unbiased_variance: bool = False
-  gamma_init: float = 0.1
-  max_steps: int | None = None
-  eval_batch_stats: bool = False
-  groups: int = group_norm.DEFAULT_GROUPS
-  renorm: batch_renorm.RenormSchedule = batch_renorm.RenormSchedule()
-
-
-@dataclasses.dataclass(frozen=True)
-class StepNorm:
-  """A pure normalization of one step's x [B, F]: over F (layer) or over the batch (batch).
-
-  Safe inside `lax.scan`: it holds arrays, not module state. For BN, `stats` = (mean, var) [F]
-  normalizes with given (running) statistics; None normalizes with the batch statistics of the
-  examples that `mask` [B] marks real, and returns them as (mean, var, count) for the update.
-  `centered` (LN only) says x already has mean 0 over F, so only its variance is computed.
-  """
-  kind: str
-  scale: Any = None
-  bias: Any = None
-  epsilon: float = statistics.DEFAULT_EPSILON
-  fast_variance: bool = False
-  unbiased_variance: bool = False
-  eval_stats: Any = None  # BN evaluation: running (mean, var) of every step, [T, F]
-  centered: bool = False
-  groups: int = 1
-  # Batch renorm: running (mean, std) of every step in `eval_stats`, used in training too, and
-  # training's clipping bounds.
-  training: bool = False
-  r_max: Any = 1.0
-  d_max: Any = 0.0
-
-  def __call__(self, x_BxF, mask_B=None, stats=None):
-    if self.kind == 'none':
-      return x_BxF, None
-    batch_stats = None
-    if self.kind == 'layer' and self.centered:
-      centered = jnp.asarray(x_BxF, jnp.float32)
-      var = jnp.mean(jnp.square(centered), -1, keepdims=True)
-    elif self.kind == 'layer':
-      centered, _, var, _ = statistics.centered_moments(
-          x_BxF, (1,), use_fast_variance=self.fast_variance)
-    elif self.kind == 'group':
-      return self._affine(group_norm.group_normalize(
-          x_BxF, self.groups, self.epsilon, self.fast_variance)), None
-    elif self.kind == 'batch_renorm':
-      return self._renorm(x_BxF, mask_B, stats)
-    elif stats is None:
-      centered, mean, var, count = statistics.centered_moments(
-          x_BxF, (0,), mask=None if mask_B is None else mask_B[:, None],
-          use_fast_variance=self.fast_variance)
-      if self.unbiased_variance:
-        var = var * count / jnp.maximum(count - 1.0, 1.0)
-      batch_stats = (mean[0], var[0], jnp.reshape(count, (-1,))[0])
-    else:
-      mean, var = stats
-      centered = jnp.asarray(x_BxF, jnp.float32) - mean
-    return self._affine(centered * lax.rsqrt(var + self.epsilon)), batch_stats
-
-  def _affine(self, y):
-    if self.scale is not None:
-      y = y * self.scale
-    if self.bias is not None:
-      y = y + self.bias
-    return y
-
-  def _renorm(self, x_BxF, mask_B, stats):
-    """Batch renorm of one step with running (mean, std) `stats`; in training also returns
-    (mean_B, sigma_B, count) for the running averages."""
-    mean, std = stats
-    if not self.training:
-      return self._affine((jnp.asarray(x_BxF, jnp.float32) - mean) / std), None
-    centered, mean_B, var_B, count = statistics.centered_moments(
-        x_BxF, (0,), mask=None if mask_B is None else mask_B[:, None],
-        use_fast_variance=self.fast_variance)
-    mean_B, sigma_B = mean_B[0], jnp.sqrt(var_B[0] + self.epsilon)
-    r, d = batch_renorm.corrections(mean_B, sigma_B, mean, std, self.r_max, self.d_max)
-    y = self._affine(centered / sigma_B * r + d)
-    return y, (mean_B, sigma_B, jnp.reshape(count, (-1,))[0])
-
-
-class RecurrentNorm(nn.Module):
-  """Parameters (and BN running averages, one row per step up to T_max) of one normalization.
-
-  `use_bias` False gives Cooijmans' shift 0; `centered_input` (LN) promises inputs with mean 0
-  over the features. Call it to get the pure `StepNorm` for a sequence;
-  `update` folds the batch statistics of the steps into the running averages after the scan.
-  """
-  spec: NormSpec
-  features: int
-  max_steps: int
-  use_bias: bool = True
-  centered_input: bool = False
-
-  def setup(self):
-    kind, shape = self.spec.kind, (self.features,)
-    if kind == 'none':
-      return
-    gamma = 1.0 if kind in PER_EXAMPLE_NORMS else self.spec.gamma_init
-    self.scale = self.param('scale', nn.initializers.constant(gamma), shape, jnp.float32)
-    self.bias = (self.param('bias', nn.initializers.zeros, shape, jnp.float32)
-                 if self.use_bias else None)
-    if kind in ('batch', 'batch_renorm'):
-      rows = (self.max_steps, self.features)
-      spread = 'var' if kind == 'batch' else 'std'
-      self.running_mean = self.variable('batch_stats', 'mean', jnp.zeros, rows, jnp.float32)
-      self.running_var = self.variable('batch_stats', spread, jnp.ones, rows, jnp.float32)
-    if kind == 'batch_renorm':
-      self.step = self.variable('batch_stats', 'step', lambda: jnp.zeros((), jnp.int32))
-
-  def __call__(self, num_steps: int, train: bool) -> StepNorm:
-    spec = self.spec
-    if spec.kind == 'none':
-      return StepNorm('none')
-    eval_stats, r_max, d_max = None, 1.0, 0.0
-    if spec.kind == 'batch_renorm' or (
-        spec.kind == 'batch' and not (train or spec.eval_batch_stats)):
-      # Steps past T_max reuse the statistics of T_max.
-      rows = jnp.minimum(jnp.arange(num_steps), self.running_mean.value.shape[0] - 1)
-      eval_stats = (jnp.asarray(self.running_mean.value)[rows],
-                    jnp.asarray(self.running_var.value)[rows])
-    if spec.kind == 'batch_renorm':
-      r_max, d_max = spec.renorm(self.step.value)
-    return StepNorm(spec.kind, self.scale, self.bias, spec.epsilon, spec.fast_variance,
-                    spec.unbiased_variance, eval_stats, self.centered_input, spec.groups,
-                    train, r_max, d_max)
-
-  def update(self, batch_stats) -> None:
-    """Momentum update of the running averages of steps < T_max that saw a real example (the
-    standard deviations for batch renorm, as in Ioffe's paper; the variances for BN)."""
-    if (batch_stats is None or self.is_initializing()
-        or not self.is_mutable_collection('batch_stats')):
-      return
-    mean, var, count = batch_stats
-    n = min(mean.shape[0], self.running_mean.value.shape[0])
-    seen = count[:n, None] > 0
-    m = self.spec.momentum
-    for running, value in ((self.running_mean, mean), (self.running_var, var)):
-      current = jnp.asarray(running.value)  # restored statistics may be NumPy arrays
-      old = current[:n]
-      new = jnp.where(seen, m * old + (1.0 - m) * value[:n], old)
-      running.value = current.at[:n].set(new)
-    if self.spec.kind == 'batch_renorm':
-      self.step.value = self.step.value + 1
 
 
 def center_column_groups(kernel, sizes):
@@ -338,35 +185,57 @@ def norm_layout(cell: str, kind: str, hidden: int) -> dict[str, tuple[str, int, 
   return {name: (kind, *entry) for name, entry in layout.items()}
 
 
+def norm_settings(spec: NormSpec, layout) -> dict[str, tuple[NormSpec, int, bool, bool]]:
+  """Each entry of `norm_layout` as (its NormSpec, features, has a shift, centred input): LN of
+  a projection gets inputs of mean 0 over its units (see `center_kernels`)."""
+  return {name: (dataclasses.replace(spec, kind=kind), features, use_bias,
+                 kind == 'layer' and projection)
+          for name, (kind, features, use_bias, projection) in layout.items()}
+
+
 def make_norms(spec: NormSpec, layout, max_steps: int, module_class=None) -> dict:
   """One `RecurrentNorm` (or `module_class`) per entry of `norm_layout`, named after it; call
   from the compact method of the module that owns them."""
   module_class = module_class or RecurrentNorm
-  return {name: module_class(dataclasses.replace(spec, kind=kind), features, max_steps, use_bias,
-                             centered_input=kind == 'layer' and projection, name=name)
-          for name, (kind, features, use_bias, projection) in layout.items()}
+  return {name: module_class(kind_spec, features, max_steps, use_bias, centered_input=centered,
+                             name=name)
+          for name, (kind_spec, features, use_bias, centered)
+          in norm_settings(spec, layout).items()}
+
+
+def parameter_inits(cell: str, kind: str, num_inputs: int, hidden: int,
+                    forget_bias: float) -> dict[str, tuple[Callable[..., Any], tuple[int, ...]]]:
+  """A cell's parameters in creation order: name -> (initializer, shape); 'kernel_x' [D, units],
+  'kernel_h' [H, units] and, where the cell has one, 'bias' [units]."""
+  units = GATE_BLOCKS[cell] * hidden
+  inits = {'kernel_x': (nn.initializers.lecun_normal(), (num_inputs, units)),
+           'kernel_h': (block_orthogonal(GATE_BLOCKS[cell]), (hidden, units))}
+  # The LSTM's b is in every variant (the paper's LN-LSTM included). The GRU's and RNN's
+  # normalizers carry their biases, except BN's shift-0 ones in the GRU.
+  if {'lstm': True, 'gru': kind not in PER_EXAMPLE_NORMS, 'rnn': kind == 'none'}[cell]:
+    forget = forget_bias if cell == 'lstm' else 0.0  # gate order f, i, o, g
+    inits['bias'] = (lambda key, shape, dtype: jnp.zeros(shape, dtype).at[:hidden].set(forget),
+                     (units,))
+  return inits
+
+
+def center_kernels(cell: str, kind: str, hidden: int, kernel_x, kernel_h):
+  """The kernels as the cell uses them: with LN re-centred per normalized group of units
+  (`center_column_groups`), else as stored."""
+  if kind != 'layer':
+    return kernel_x, kernel_h
+  groups = {'lstm': (4 * hidden,), 'gru': (2 * hidden, hidden), 'rnn': (hidden,)}[cell]
+  return tuple(center_column_groups(k, groups) for k in (kernel_x, kernel_h))
 
 
 def cell_parameters(module: nn.Module, cell: str, kind: str, num_inputs: int, hidden: int,
                     forget_bias: float):
   """(kernel_x [D, units], kernel_h [H, units], bias [units] or None) of a cell, created in
   `module` (from its compact method); with LN the kernels come re-centred per normalized group."""
-  units = GATE_BLOCKS[cell] * hidden
-  kernel_x = module.param('kernel_x', nn.initializers.lecun_normal(), (num_inputs, units),
-                          jnp.float32)
-  kernel_h = module.param('kernel_h', block_orthogonal(GATE_BLOCKS[cell]), (hidden, units),
-                          jnp.float32)
-  if kind == 'layer':
-    groups = {'lstm': (units,), 'gru': (2 * hidden, hidden), 'rnn': (hidden,)}[cell]
-    kernel_x, kernel_h = (center_column_groups(k, groups) for k in (kernel_x, kernel_h))
-  # The LSTM's b is in every variant (the paper's LN-LSTM included). The GRU's and RNN's
-  # normalizers carry their biases, except BN's shift-0 ones in the GRU.
-  bias = None
-  if {'lstm': True, 'gru': kind not in PER_EXAMPLE_NORMS, 'rnn': kind == 'none'}[cell]:
-    forget = forget_bias if cell == 'lstm' else 0.0  # gate order f, i, o, g
-    bias = module.param('bias', lambda key, shape, dtype: jnp.zeros(shape, dtype).at[
-        :hidden].set(forget), (units,), jnp.float32)
-  return kernel_x, kernel_h, bias
+  values = {name: module.param(name, init, shape, jnp.float32) for name, (init, shape)
+            in parameter_inits(cell, kind, num_inputs, hidden, forget_bias).items()}
+  kernel_x, kernel_h = center_kernels(cell, kind, hidden, values['kernel_x'], values['kernel_h'])
+  return kernel_x, kernel_h, values.get('bias')
 
 
 def _add(a, b):

@@ -26,6 +26,10 @@ collection nor write a broadcast one, so a BN cell's nn.RNN takes `rnn_options(t
 
 nn.RNN runs padded steps like real ones, so with `seq_lengths` BN's batch statistics include the
 padding; a hand-written loop can pass `mask` [B] (1 = real) to leave it out, as the layer does.
+
+The step itself is pure (`split_carry`, `cell_step`, `join_carry`, `zero_carry`, and
+`recurrent_norms.step_norm_at` / `fold_at` for BN's per-step rows): the NNX cells
+(`ln_jax.nnx.cells`) run the same functions on variables of their own.
 """
 
 from __future__ import annotations
@@ -36,11 +40,11 @@ import flax.linen as nn
 from flax.linen.recurrent import RNNCellBase
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from ln_jax.layers import cells
+from ln_jax.layers import recurrent_norms
 
-BATCH_NORMS = ('batch', 'batch_renorm')  # normalize per time step: the cell carries the step
+BATCH_NORMS = tuple(recurrent_norms.RUNNING_SPREAD)  # per time step: the cell carries the step
 
 
 def rnn_options(train: bool) -> dict:
@@ -60,44 +64,92 @@ class _CellNorm(cells.RecurrentNorm):
     """Whether batch statistics fold into the running averages (as `RecurrentNorm.update`)."""
     return not self.is_initializing() and self.is_mutable_collection('batch_stats')
 
+  def _running(self):
+    """(running averages or None, batch renorm's counter or None)."""
+    if self.spec.kind not in recurrent_norms.RUNNING_SPREAD:
+      return None, None
+    counter = self.step.value if self.spec.kind == 'batch_renorm' else None
+    return (self.running_mean.value, self.running_var.value), counter
+
   def at_step(self, t, train: bool):
     """(the pure `StepNorm` of step t, the running statistics it normalizes with or None)."""
-    spec = self.spec
-    if spec.kind == 'none':
+    if self.spec.kind == 'none':
       return cells.StepNorm('none'), None
-    stats, r_max, d_max = None, 1.0, 0.0
-    if spec.kind == 'batch_renorm' or (
-        spec.kind == 'batch' and not (train or spec.eval_batch_stats)):
-      row = jnp.minimum(t, self.max_steps - 1)
-      stats = (jnp.asarray(self.running_mean.value)[row],
-               jnp.asarray(self.running_var.value)[row])
-    if spec.kind == 'batch_renorm':
-      # The counter counts training sequences (the layer advances it once per call): step 0
-      # advanced it already, so the later steps step back to the sequence's value.
-      counter = self.step.value
-      if train and self._updates():
-        counter = counter - (t > 0).astype(counter.dtype)
-      r_max, d_max = spec.renorm(counter)
-    return cells.StepNorm(
-        spec.kind, self.scale, self.bias, spec.epsilon, spec.fast_variance,
-        spec.unbiased_variance, centered=self.centered_input, groups=spec.groups,
-        training=train, r_max=r_max, d_max=d_max), stats
+    running, counter = self._running()
+    return recurrent_norms.step_norm_at(self.spec, self.scale, self.bias, self.centered_input,
+                                        running, counter, t, train, train and self._updates())
 
   def update_at(self, t, batch_stats) -> None:
-    """`RecurrentNorm.update` for the one step t: momentum update of row t (if t < T_max and
-    the step had a real example); batch renorm's counter advances at step 0."""
+    """`recurrent_norms.fold_at` of step t into this module's running averages."""
     if batch_stats is None or not self._updates():
       return
-    mean, var, count = lax.stop_gradient(batch_stats)
-    row = jnp.minimum(t, self.max_steps - 1)
-    fold = (t < self.max_steps) & (count > 0)
-    m = self.spec.momentum
-    for running, value in ((self.running_mean, mean), (self.running_var, var)):
-      current = jnp.asarray(running.value)  # restored statistics may be NumPy arrays
-      old = current[row]
-      running.value = current.at[row].set(jnp.where(fold, m * old + (1.0 - m) * value, old))
-    if self.spec.kind == 'batch_renorm':
-      self.step.value = self.step.value + (t == 0).astype(self.step.value.dtype)
+    running, counter = self._running()
+    (self.running_mean.value, self.running_var.value), counter = recurrent_norms.fold_at(
+        self.spec, running, counter, t, batch_stats)
+    if counter is not None:
+      self.step.value = counter
+
+
+def check_max_steps(spec: cells.NormSpec, prefix: str = '') -> None:
+  """Raises a ValueError unless a recurrent BN spec gives T_max (`max_steps`)."""
+  if spec.kind in BATCH_NORMS and not spec.max_steps:
+    raise ValueError(f'{prefix}a {spec.kind!r} cell needs NormSpec.max_steps (T_max): it keeps '
+                     'running averages per step and never sees the sequence length')
+
+
+def zero_carry(cell: str, batch_dims: tuple[int, ...], hidden: int, counts_steps: bool):
+  """The initial carry: state 0 (the paper's), and step 0 for the cells that count steps."""
+  h = jnp.zeros(tuple(batch_dims) + (hidden,), jnp.float32)
+  state = (h, h) if cell == 'lstm' else h
+  return (state, jnp.zeros(batch_dims, jnp.int32)) if counts_steps else state
+
+
+def split_carry(carry, counts_steps: bool):
+  """(state, step index per example or None, the batch's step t: the row of BN's statistics)."""
+  state, step_B = carry if counts_steps else (carry, None)
+  # One step index for the batch (nn.RNN's are all equal).
+  t = jnp.zeros((), jnp.int32) if step_B is None else jnp.max(step_B)
+  return state, step_B, t
+
+
+def join_carry(state, step_B):
+  """The next carry: the new state (and the step index advanced)."""
+  return state if step_B is None else (state, step_B + 1)
+
+
+def cell_step(cell: str, state, x, kernels, step_norms: dict, mask=None, dtype=jnp.float32):
+  """One step of `cell` (the layer's own equations, `cells._STEPS`): (new state, h, {name: the
+  normalizer's batch statistics or None}).
+
+  `kernels` = (kernel_x, kernel_h, bias or None) as the cell uses them; `step_norms` = {name:
+  (StepNorm, running statistics or None)}. Examples that `mask` [B] marks 0 keep their state and
+  output 0. Leading batch dimensions beyond one are flattened for the normalizers.
+  """
+  kernel_x, kernel_h, bias = kernels
+  batch_dims = x.shape[:-1]
+  flat = lambda a, size: jnp.reshape(a, (-1, size))
+  hidden = kernel_h.shape[0]
+  x = flat(x, x.shape[-1])
+  state = jax.tree.map(lambda s: flat(s, hidden), state)
+  mask = None if mask is None else jnp.reshape(jnp.asarray(mask), (-1,))
+  batch_stats = {}
+
+  def norm(name, a):
+    fn, stats = step_norms[name]
+    y, batch_stats[name] = fn(a, mask, stats)
+    return y
+
+  cast = lambda v: jnp.asarray(v, dtype)
+  ax = jnp.dot(cast(x), cast(kernel_x), preferred_element_type=jnp.float32)
+  h_prev = state[0] if cell == 'lstm' else state
+  ah = jnp.dot(cast(h_prev), cast(kernel_h), preferred_element_type=jnp.float32)
+  new_state, h = cells._STEPS[cell](state, ax, ah, norm, bias)  # pylint: disable=protected-access
+  if mask is not None:
+    real = mask[:, None] > 0
+    new_state = jax.tree.map(lambda new, old: jnp.where(real, new, old), new_state, state)
+    h = jnp.where(real, h, 0.0)
+  unflat = lambda a: jnp.reshape(a, batch_dims + (hidden,))
+  return jax.tree.map(unflat, new_state), unflat(h), batch_stats
 
 
 class _RecurrentCell(RNNCellBase):
@@ -130,48 +182,22 @@ class _RecurrentCell(RNNCellBase):
   def initialize_carry(self, rng, input_shape):
     """The zero state for inputs of `input_shape` (batch dimensions, then D); step 0."""
     del rng  # the initial state is 0, as in the paper
-    batch_dims = tuple(input_shape[:-1])
-    h = jnp.zeros(batch_dims + (self.features,), jnp.float32)
-    state = (h, h) if self._CELL == 'lstm' else h
-    return (state, jnp.zeros(batch_dims, jnp.int32)) if self.counts_steps else state
+    return zero_carry(self._CELL, tuple(input_shape[:-1]), self.features, self.counts_steps)
 
   @nn.compact
   def __call__(self, carry, x, mask=None, train: bool | None = None):
     train = self.train if train is None else train
     cell, kind, hidden = self._CELL, self.norm.kind, self.features
-    if kind in BATCH_NORMS and not self.norm.max_steps:
-      raise ValueError(f'a {kind!r} cell needs NormSpec.max_steps (T_max): it keeps running '
-                       'averages per step and never sees the sequence length')
-    state, step_B = carry if self.counts_steps else (carry, None)
-    # One step index for the batch (nn.RNN's are all equal): the row of BN's statistics.
-    t = jnp.zeros((), jnp.int32) if step_B is None else jnp.max(step_B)
-
-    kernel_x, kernel_h, bias = cells.cell_parameters(self, cell, kind, x.shape[-1], hidden,
-                                                     self._forget_bias())
+    check_max_steps(self.norm)
+    state, step_B, t = split_carry(carry, self.counts_steps)
+    kernels = cells.cell_parameters(self, cell, kind, x.shape[-1], hidden, self._forget_bias())
     norms = cells.make_norms(self.norm, cells.norm_layout(cell, kind, hidden),
                              self.norm.max_steps or 1, _CellNorm)
     step_norms = {name: module.at_step(t, train) for name, module in norms.items()}
-    batch_stats = {}
-
-    def norm(name, a):
-      fn, stats = step_norms[name]
-      y, batch_stats[name] = fn(a, mask, stats)
-      return y
-
-    cast = lambda v: jnp.asarray(v, self.dtype)
-    ax = jnp.dot(cast(x), cast(kernel_x), preferred_element_type=jnp.float32)
-    h_prev = state[0] if cell == 'lstm' else state
-    ah = jnp.dot(cast(h_prev), cast(kernel_h), preferred_element_type=jnp.float32)
-    new_state, h = cells._STEPS[cell](state, ax, ah, norm, bias)  # the layer's own step
+    new_state, h, batch_stats = cell_step(cell, state, x, kernels, step_norms, mask, self.dtype)
     for name, module in norms.items():
       module.update_at(t, batch_stats[name])
-    if mask is not None:
-      real = jnp.asarray(mask)[:, None] > 0
-      new_state = jax.tree.map(lambda new, old: jnp.where(real, new, old), new_state, state)
-      h = jnp.where(real, h, 0.0)
-    if self.counts_steps:
-      return (new_state, step_B + 1), h
-    return new_state, h
+    return join_carry(new_state, step_B), h
 
 
 class LSTMCell(_RecurrentCell):

@@ -1,4 +1,5 @@
-"""ln_jax's normalizers as Flax NNX modules, computing with the same functions as the Linen layers.
+"""ln_jax's normalizers and recurrent cells as Flax NNX modules, computing with the same functions
+as the Linen layers.
 
 `LayerNorm`, `RMSNorm`, `BatchNorm`, `GroupNorm` take flax.nnx's arguments (`num_features`
 first, keyword-only options, `rngs`) and store flax.nnx's variables (`nnx.Param` scale/bias of
@@ -23,13 +24,22 @@ Where they differ from flax.nnx (as ln_jax's Linen layers differ from flax.linen
 Bad arguments raise a ValueError naming them: an input whose feature axes do not hold
 `num_features` entries, a `mask` that does not broadcast to the input, `use_running_average`
 unset both at construction and at the call.
+
+`LSTMCell`, `GRUCell` and `SimpleRNNCell` are the step-wise recurrent cells of
+`ln_jax.layers.rnn_cells` for `nnx.RNN` (plain, layer-normalized as in the paper, LN of the
+LSTM's cell state only, group norm, recurrent BN or batch renorm with per-time-step statistics);
+`ln_jax.nnx.cells` lists their arguments and their differences from flax.nnx's cells.
 """
 
 from ln_jax.nnx.batch import BatchNorm
 from ln_jax.nnx.batch import BatchRenorm
+from ln_jax.nnx.cells import GRUCell
+from ln_jax.nnx.cells import LSTMCell
+from ln_jax.nnx.cells import SimpleRNNCell
 from ln_jax.nnx.normalizers import GroupNorm
 from ln_jax.nnx.normalizers import LayerNorm
 from ln_jax.nnx.normalizers import RMSNorm
 from ln_jax.nnx.normalizers import WeightNormLinear
 
-__all__ = ['BatchNorm', 'BatchRenorm', 'GroupNorm', 'LayerNorm', 'RMSNorm', 'WeightNormLinear']
+__all__ = ['BatchNorm', 'BatchRenorm', 'GroupNorm', 'GRUCell', 'LayerNorm', 'LSTMCell', 'RMSNorm',
+           'SimpleRNNCell', 'WeightNormLinear']

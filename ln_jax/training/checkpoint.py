@@ -1,5 +1,8 @@
 """Orbax checkpoints of the training state under <workdir>/checkpoints/<step>.
 
+This is the one module of ln_jax that imports orbax (`_orbax`; the loop, resume, the scripts and
+the tests all go through the functions here), so moving to orbax's coming v1 API
+(`orbax.checkpoint.v1`) changes this file alone; `.ci/run` checks that no other file imports it.
 Orbax is imported on first use: a run that stops at a config or data error does not wait for it.
 """
 
@@ -25,6 +28,12 @@ _QUIET_LOOP_ERRORS = False  # see _ignore_closed_event_loop
 MANIFEST_FILE = 'sha256sums.json'  # checksums of a checkpoint's files, written after them
 
 
+def _orbax():
+  """`orbax.checkpoint`, imported on first use."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp
+
+
 @contextlib.contextmanager
 def quiet(level=logging.WARNING):
   """Orbax logs every phase of its work at INFO; keep the terminal for training progress."""
@@ -36,20 +45,41 @@ def quiet(level=logging.WARNING):
     logging.set_verbosity(verbosity)
 
 
-def manager(workdir: str, keep: int):
-  """An orbax CheckpointManager for <workdir>/checkpoints.
+class Checkpoints:
+  """The checkpoints of one run directory: orbax's CheckpointManager behind the few methods the
+  loop and resume use, so that no other module holds an orbax object."""
+
+  def __init__(self, orbax_manager):
+    self._orbax = orbax_manager
+
+  @property
+  def directory(self):
+    return self._orbax.directory
+
+  def all_steps(self) -> list[int]:
+    return list(self._orbax.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._orbax.latest_step()
+
+  def delete(self, step: int) -> None:
+    self._orbax.delete(step)
+
+
+def manager(workdir: str, keep: int) -> Checkpoints:
+  """The `Checkpoints` of <workdir>/checkpoints.
 
   Orbax keeps one checkpoint more than `keep`: `save` deletes the oldest only once the new one and
   its checksums are on disk, so a save that fails (a full disk) leaves the previous one usable.
   """
-  import orbax.checkpoint as ocp
+  ocp = _orbax()
   # Orbax writes each step to a temporary folder and renames it when complete, so a crash during
   # a save leaves the previous checkpoint intact; the next run deletes such leftovers.
   with quiet():
-    return ocp.CheckpointManager(
+    return Checkpoints(ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep + 1, create=True,
-                                             cleanup_tmp_directories=True))
+                                             cleanup_tmp_directories=True)))
 
 
 def step_dir(mngr, step: int) -> str:
@@ -62,15 +92,15 @@ def save(mngr, step: int, state, keep: int | None = None, facts: dict | None = N
 
   A full disk raises DiskFull (a UserError) after removing the half-written checkpoint.
   """
-  import orbax.checkpoint as ocp
+  ocp = _orbax()
   global _QUIET_LOOP_ERRORS
   if not _QUIET_LOOP_ERRORS:
     _ignore_closed_event_loop()
     _QUIET_LOOP_ERRORS = True
   try:
     with quiet(logging.FATAL):  # orbax logs each failed write thread before raising
-      mngr.save(step, args=ocp.args.StandardSave(state), force=True)
-      mngr.wait_until_finished()
+      mngr._orbax.save(step, args=ocp.args.StandardSave(state), force=True)
+      mngr._orbax.wait_until_finished()
     if jax.process_index() == 0:
       write_manifest(step_dir(mngr, step), {'step': step, **(facts or {})})
   except Exception as e:  # orbax wraps the OSError in ValueErrors of its threads
@@ -195,6 +225,6 @@ def verify(checkpoints: str, step: int) -> str | None:
 
 def restore(mngr, step: int, target):
   """Checkpoint `step` restored into the structure of `target`."""
-  import orbax.checkpoint as ocp
+  ocp = _orbax()
   with quiet():
-    return mngr.restore(step, args=ocp.args.StandardRestore(target))
+    return mngr._orbax.restore(step, args=ocp.args.StandardRestore(target))
