@@ -8,8 +8,8 @@ ready, then runs one timed window per request from the parent and idles (blocked
 using no CPU) while the others run theirs. Rounds interleave the contenders, so a load change
 on a shared machine hits each of them; ratios pair the windows of the same round.
 
-A spec is a dict: {'kind': 'mlp' | 'cell' | 'layer_norm', 'contender': ..., ...}; a window
-answers {'units': work done, 'seconds': wall time, 'cpu_seconds': the worker's CPU time}.
+A spec is a dict: {'kind': 'mlp' | 'cell' | 'layer_norm' | 'draw', 'contender': ..., ...}; a
+window answers {'units': work done, 'seconds': wall time, 'cpu_seconds': the worker's CPU time}.
 """
 
 from __future__ import annotations
@@ -101,6 +101,9 @@ def _build(spec: dict):
       sync(out)
       return n * layers.PASSES_PER_CALL
     return run, {}
+  if kind == 'draw':
+    from benchmarks import draw
+    return draw.build(spec)
   from benchmarks import load_config, peers, training
   if 'lstm_kernel' in spec:  # which recurrent layers use the hand-written backward pass
     from ln_jax.kernels import lstm_kernel

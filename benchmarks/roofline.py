@@ -44,7 +44,13 @@ def stream_gb_per_s(megabytes: float = STREAM_MEGABYTES, repeats: int = 7) -> fl
 def bytes_per_step(state, batch) -> float:
   """XLA's count of the bytes one compiled `step.train_step(state, batch)` accesses."""
   compiled = jax.jit(step_lib.train_step, donate_argnums=(0,)).lower(state, batch).compile()
+  return float(cost_analysis(compiled)['bytes accessed'])
+
+
+def cost_analysis(compiled) -> dict:
+  """XLA's cost analysis of a compiled program: 'flops', 'bytes accessed', ... (a loop's body
+  counts once, whatever its trip count)."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per computation
     analysis = analysis[0]
-  return float(analysis['bytes accessed'])
+  return analysis

@@ -52,22 +52,24 @@ def new_state(config, images, seed_key=None):
 
 
 class FusedRunner:
-  """ln_jax's loop: `step.train_steps` calls of up to `config.steps_per_call` steps."""
+  """ln_jax's loop: `step.train_steps` calls of up to `config.steps_per_call` steps. Batches
+  are {'image', 'label'}, or {'image'} alone without `labels` (DRAW's)."""
 
   name = 'ln_jax'
 
-  def __init__(self, config, images, labels):
+  def __init__(self, config, images, labels=None):
     self._config = config
     self._mesh = parallel.make_mesh(config.num_devices)
     parallel.check_divisible(config.batch_size, self._mesh)
     self._data_key = jax.random.split(jax.random.PRNGKey(config.seed))[1]
     self._state = parallel.replicate(new_state(config, images), self._mesh)
-    self._data = parallel.replicate({'image': images, 'label': labels}, self._mesh)
-    self._images, self._labels = self._data['image'], self._data['label']
+    data = {'image': images} if labels is None else {'image': images, 'label': labels}
+    self._data = parallel.replicate(data, self._mesh)
+    self._num_examples = len(images)
     # Evaluation far away: chunks stop only at epoch ends, as in a long run.
     config = config.copy_and_resolve_references()
     config.num_epochs, config.eval_every_epochs = 1e6, 1e6
-    self._schedule = Schedule(config, len(labels))
+    self._schedule = Schedule(config, self._num_examples)
     self._step, self._epoch, self._order = 0, -1, None
     self._totals = parallel.replicate(
         window_lib.empty_window(self._state.task.metric_names), self._mesh)
@@ -78,8 +80,7 @@ class FusedRunner:
 
   def bytes_per_step(self) -> float:
     """XLA's count of the bytes one training step accesses (see `roofline`)."""
-    batch_size = self._config.batch_size
-    batch = {'image': self._images[:batch_size], 'label': self._labels[:batch_size]}
+    batch = jax.tree.map(lambda a: a[:self._config.batch_size], self._data)
     return roofline.bytes_per_step(self._state, batch)
 
   def run(self, num_steps: int) -> int:
@@ -90,7 +91,7 @@ class FusedRunner:
       epoch, position = divmod(self._step, self._schedule.steps_per_epoch)
       if epoch != self._epoch:
         self._order = parallel.replicate(
-            step_lib.epoch_order(self._data_key, epoch, len(self._labels)), self._mesh)
+            step_lib.epoch_order(self._data_key, epoch, self._num_examples), self._mesh)
         self._epoch = epoch
       n = self._schedule.next_chunk(self._step)
       self._state, self._totals = step_lib.train_steps(

@@ -1,15 +1,19 @@
 """Speed benchmark: ln_jax against its peers, each in its own process, in interleaved rounds.
 
-  python scripts/bench.py                      # everything (about 11 minutes on 2 quiet cores)
+  python scripts/bench.py                      # everything (about 11 minutes on 2 quiet cores,
+                                               # before the draw part: several more)
   python scripts/bench.py --quick --output=/tmp/bench_quick.json   # a smoke run
+  python scripts/bench.py --parts=draw                               # DRAW at the paper's size
+  python scripts/bench.py --parts=draw --draw_size=reduced           # DRAW at the CPU size
 
 Parts: `training` (the paper's MLP at batch 4 with LN: ln_jax, a hand-fused Flax lax.scan loop,
 a per-step jit loop, PyTorch eager; the bandwidth bound), `cells` (LSTM, LN-LSTM, BN-LSTM and
 torch.nn.LSTM on sequential MNIST rows and pixels), `layer_norm` (forward+backward GB/s of
 ln_jax, flax.linen and PyTorch at 8192x1000 and 64x512), `real_run` (steps_per_s of real
-scripts/train.py runs). Prints the tables and writes everything (per-round rates, the machine,
-the load average) as JSON. Close other programs first: the figures are only as steady as the
-machine.
+scripts/train.py runs), `draw` (DRAW's training step, ln_jax and PyTorch eager, plain LSTMs and
+the LN-on-c cell, with a full-epoch time on this machine and an estimated GPU step). Prints the
+tables and writes everything (per-round rates, the machine, the load average) as JSON. Close
+other programs first: the figures are only as steady as the machine.
 """
 
 import os
@@ -24,7 +28,7 @@ from absl import logging
 from ln_jax import cli
 from ln_jax.errors import UserError
 
-PARTS = ('training', 'cells', 'layer_norm', 'real_run')
+PARTS = ('training', 'cells', 'layer_norm', 'real_run', 'draw')
 
 _OUTPUT = flags.DEFINE_string('output', 'bench.json', 'Where to write the results as JSON.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: few steps, one round, small LayerNorm '
@@ -57,6 +61,23 @@ _CELLS_BATCH = flags.DEFINE_integer('cells_batch_size', 64, 'Batch size of the r
 _CELLS_VARIANTS = flags.DEFINE_list('cells_variants', ['rows', 'pixels'],
                                     'configs/seq_mnist.py variants of the recurrent runs.')
 _CELLS_STEPS = {'rows': 300, 'pixels': 10}  # timed steps per contender (T = 28 and 784)
+_DRAW_SIZE = flags.DEFINE_enum('draw_size', 'paper', ['paper', 'reduced', 'tiny'],
+                               "DRAW's sizes: the paper's (configs/draw_mnist.py), its reduced "
+                               'CPU preset or its tiny one; the flags below override single sizes.')
+_DRAW_SIZES = {name: flags.DEFINE_integer(f'draw_{name}', None, f"DRAW's {text} (default: "
+                                          '--draw_size).', lower_bound=1)
+               for name, text in (('glimpses', 'glimpses'), ('units', 'LSTM units'),
+                                  ('latent', 'latent size'), ('read_n', 'read grid side'),
+                                  ('write_n', 'write patch side'), ('batch_size', 'batch size'))}
+_DRAW_STEPS = flags.DEFINE_integer('draw_steps', 30, 'Timed DRAW steps per contender, split '
+                                   'over the rounds (about 1 s each at the paper size).',
+                                   lower_bound=1)
+_DRAW_NORMS = flags.DEFINE_list('draw_norms', ['none', 'layer_c'], "DRAW's LSTM cells.")
+_GPU_TFLOPS = flags.DEFINE_float('gpu_tflops', 67.0, "Assumed GPU peak for DRAW's estimated GPU "
+                                 'step, TFLOP/s (67: H100/H200 SXM FP32).', lower_bound=1e-3)
+_GPU_KERNEL_US = flags.DEFINE_float('gpu_kernel_us', 3.0, 'Assumed latency of one dependent GPU '
+                                    "kernel for DRAW's estimated step, microseconds.",
+                                    lower_bound=0.0)
 
 
 def _ints(values, flag: str) -> list[int]:
@@ -80,6 +101,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   from ln_jax import norms
   from ln_jax.training import rundir
+  from benchmarks import draw
   from benchmarks import real_run
   from benchmarks import suite
   from benchmarks import training
@@ -96,6 +118,7 @@ def main(argv):
   _check_choices(_CONTENDERS.value, suite.MLP_CONTENDERS, 'contenders')
   _check_choices(_PARTS.value, PARTS, 'parts')
   _check_choices(_CELLS_VARIANTS.value, _CELLS_STEPS, 'cells_variants')
+  _check_choices(_DRAW_NORMS.value, draw.NORMS, 'draw_norms')
   output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value))
   if not os.path.isdir(output_dir) or not os.access(output_dir, os.W_OK):
     raise UserError(f'cannot write --output={_OUTPUT.value}: {output_dir} is not a writable '
@@ -110,6 +133,7 @@ def main(argv):
 
   steps, rounds, warmup = _STEPS.value, _ROUNDS.value, _WARMUP.value
   cells_steps, cells_variants = dict(_CELLS_STEPS), _CELLS_VARIANTS.value
+  draw_size, draw_steps = _DRAW_SIZE.value, _DRAW_STEPS.value
   if _QUICK.value:  # smaller defaults; flags given explicitly still win
     given = {name for name in ('steps', 'rounds', 'warmup_steps', 'ln_shapes', 'cells_variants')
              if flags.FLAGS[name].present}
@@ -119,6 +143,8 @@ def main(argv):
     ln_shapes = ln_shapes if 'ln_shapes' in given else [(256, 1000), (64, 512)]
     cells_variants = cells_variants if 'cells_variants' in given else ['rows']
     cells_steps = {'rows': 4, 'pixels': 2}
+    draw_size = draw_size if flags.FLAGS['draw_size'].present else 'tiny'
+    draw_steps = draw_steps if flags.FLAGS['draw_steps'].present else 2
   if steps < 0 or rounds < 1 or warmup < 0:
     raise UserError('--steps and --warmup_steps must be >= 0 and --rounds >= 1')
   contenders = list(_CONTENDERS.value)
@@ -164,9 +190,26 @@ def main(argv):
   if 'real_run' in _PARTS.value and not _QUICK.value:
     logging.info('real runs')
     results['real_run'] = [real_run.run(name) for name in real_run.REAL_RUNS]
+  if 'draw' in _PARTS.value:
+    sizes = draw.preset_sizes(draw_size)
+    sizes.update({name: flag.value for name, flag in _DRAW_SIZES.items() if flag.value})
+    logging.info('DRAW: %s', sizes)
+    results['draw'] = draw.run_draw(
+        _DRAW_NORMS.value, [c for c in draw.CONTENDERS if has_torch or c != 'torch'], sizes,
+        steps=draw_steps, rounds=rounds, warmup_steps=min(warmup, 2),
+        gpu_tflops=_GPU_TFLOPS.value, gpu_kernel_us=_GPU_KERNEL_US.value)
+    load, cpus = suite.load_average(), os.cpu_count() or 1
+    # The benchmark alone loads up to `cpus`; more means other programs took cores. Seen on a
+    # shared machine: a reduced-size torch step took 8.0 s instead of 0.22.
+    if has_torch and load and load[0] > 1.5 * cpus:
+      notes.append(f'load average {load[0]} on {cpus} CPUs after the DRAW part: PyTorch\'s '
+                   'OpenMP threads spin-wait for each other when other programs hold the cores, '
+                   'so its DRAW rows can be many times too slow; rerun on a quiet machine')
   results['load_average_after'] = suite.load_average()
 
   print(suite.report(results))
+  if 'draw' in results:
+    print(draw.report(results['draw'], rounds))
   for note in notes:
     print(f'note: {note}')
   rundir.write_json_atomic(_OUTPUT.value, results)

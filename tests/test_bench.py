@@ -134,3 +134,38 @@ def test_profile_script_ranks_the_operations_of_a_step():
   assert len(operations) == 5
   times = [float(line.split()[0]) for line in operations]
   assert times == sorted(times, reverse=True) and times[0] > 0
+
+
+def test_draw_benchmark_times_ln_jax_and_torch_and_estimates_a_gpu_step(tmp_path):
+  script = os.path.join(REPO_ROOT, 'scripts', 'bench.py')
+  output = tmp_path / 'bench.json'
+  run = subprocess.run([sys.executable, script, '--parts=draw', '--draw_norms=layer_c',
+                        '--draw_glimpses=2', '--draw_units=8', '--draw_latent=3',
+                        '--draw_batch_size=4', '--draw_steps=1', '--rounds=1',
+                        f'--output={output}'], capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  draw = json.loads(output.read_text())['draw']
+  assert draw['sizes'] == {'glimpses': 2, 'units': 8, 'latent': 3, 'read_n': 2, 'write_n': 5,
+                           'batch_size': 4}
+  rows = {r['contender']: r for r in draw['rows']}
+  assert set(rows) == {'ln_jax'} | ({'torch'} if training.torch_available() else set())
+  assert all(r['ms_per_step'] > 0 and r['norm'] == 'layer_c' for r in rows.values())
+  assert rows['ln_jax']['epoch_s'] == pytest.approx(12_500 * rows['ln_jax']['ms_per_step'] / 1e3)
+  if 'torch' in rows:
+    assert rows['torch']['parameters'] == rows['ln_jax']['parameters']
+    assert rows['torch']['over_ln_jax'] > 0
+  [gpu] = draw['gpu_estimate']
+  assert gpu['gflop_per_step'] > 0 and gpu['kernels_per_glimpse'] > 0
+  assert gpu['step_ms'] == max(gpu['compute_ms'], gpu['latency_ms'])
+  assert 'GPU estimate, NOT a measurement' in run.stdout
+
+
+@pytest.mark.parametrize('norm', ['none', 'layer_c'])
+def test_torch_draw_has_the_parameters_of_ln_jax_draw(norm):
+  pytest.importorskip('torch')
+  from benchmarks import draw
+  from benchmarks import draw_torch
+  from benchmarks import load_config
+  config = load_config(draw.CONFIG, f'tiny,norm={norm},model.read_n=3,model.write_n=4')
+  torch_model = draw.torch_runner(config).model
+  assert draw_torch.num_parameters(torch_model) == draw.parameter_count(config)
