@@ -1,9 +1,9 @@
 r"""Section 6.4 of the LN paper: DRAW on binarized MNIST, the baseline against the layer-normalized
 DRAW (LN of the LSTMs' cell states, 'layer_c'), with the full LN-LSTM ('layer') beside them.
 
-  python scripts/sweep.py --experiment=experiments/draw_mnist.py:cpu --workdir=/tmp/draw \
+  python scripts/sweep.py --experiment=experiments/draw_mnist.py:cpu --workdir=/tmp/draw --parallel=2 \
       --vmap_seeds --config.data.dir=../shared/data/mnist
-  python scripts/compare.py /tmp/draw
+  python scripts/compare.py /tmp/draw --threshold=190
 
 The paper: "the layer normalized DRAW converges almost twice as fast than the baseline model.
 After 200 epoches, the baseline model converges to a variational log likelihood of 82.36 nats on

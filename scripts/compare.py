@@ -103,7 +103,7 @@ def main(argv):
   curves = []
   for values, settings in tuned_groups.items():
     for setting in settings if _ALL_SETTINGS.value else settings[:1]:
-      images = compare.train_size(setting.runs[0].config)
+      images = compare.train_size(setting.runs[0])
       detail = ', '.join(filter(None, [selection.describe(tuned, setting),
                                        f'{images:,} images' if images else '']))
       curves.append({'values': values, 'runs': setting.runs, 'detail': detail})

@@ -22,7 +22,8 @@ from ln_jax.analysis import stats
 from ln_jax.training import rundir
 from ln_jax.errors import UserError
 
-METHOD_NAMES = {'none': 'Baseline', 'batch': 'BatchNorm', 'layer': 'LayerNorm'}  # the paper's
+METHOD_NAMES = {'none': 'Baseline', 'batch': 'BatchNorm', 'layer': 'LayerNorm',  # the paper's
+                'layer_c': 'LN on c'}  # its DRAW cell
 DEFAULT_GROUP_BY = ('norm', 'batch_size')
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNIST_TRAIN_IMAGES = 60000  # before the validation images are taken off
@@ -191,9 +192,12 @@ def group_runs(runs: list[Run], keys: tuple[str, ...], tuned: tuple[str, ...] = 
   return groups
 
 
-def train_size(config: dict) -> int | None:
-  """The number of training images a run drew from, from its config (None when it has no data
-  section, as runs written by hand may not)."""
+def train_size(run: Run) -> int | None:
+  """The number of MNIST training images a classification run drew from, from its config (None
+  for other tasks, whose data compare does not know, and for runs with no data section)."""
+  config = run.config
+  if (run.task or {}).get('name', 'classification') != 'classification':
+    return None
   if 'data.valid_size' not in config:
     return None
   total = (config.get('data.synthetic_train_size', 0) if config.get('data.source') == 'synthetic'

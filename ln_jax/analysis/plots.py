@@ -24,7 +24,8 @@ from ln_jax.analysis import compare
 from ln_jax.analysis import metrics as metrics_lib
 
 TRAIN_LOSS = 'train_loss'
-METHOD_COLORS = {'Baseline': 'black', 'BatchNorm': 'tab:blue', 'LayerNorm': 'tab:red'}
+METHOD_COLORS = {'Baseline': 'black', 'BatchNorm': 'tab:blue', 'LayerNorm': 'tab:red',
+                 'LN on c': 'tab:orange'}
 BANDS = {'ci': '95% CI of the mean', 'minmax': 'min-max', 'std': '± 1 std'}
 MIN_SEEDS_FOR_BAND = 3  # fewer: each seed's own curve
 STYLES = ('-', '--', ':', '-.')

@@ -35,7 +35,7 @@ def summarize(tuned_groups: dict, keys: tuple, tuned: tuple, metric: str, select
       row['settings_tried'] = len(settings)
       row['runs'] = len(runs)
       row['unfinished'] = sum(not r.complete for r in runs)
-      row['train_images'] = compare.train_size(runs[0].config)
+      row['train_images'] = compare.train_size(runs[0])
       for name, final in (('at_best', False), ('final', True)):
         interval = stats.t_interval(list(selection.by_seed(runs, metric, select_by, final)
                                          .values()))
