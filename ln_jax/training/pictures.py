@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 
 import jax
 import numpy as np
+
+from ln_jax.training import rundir
 
 PICTURES_DIR = 'pictures'
 FINAL_PREFIX = 'final_'
@@ -72,19 +73,11 @@ def encode_png(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def write_png(path: str, image: np.ndarray) -> None:
-  """Writes the PNG through a temporary file and a rename."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp_')
-  os.chmod(tmp, 0o644)
-  with os.fdopen(fd, 'wb') as f:
-    f.write(encode_png(image))
-  os.replace(tmp, path)
-
-
 def save(workdir: str, pictures: dict, final: bool) -> None:
   """<workdir>/pictures/<name>.png for each picture, and final_<name>.png when `final`."""
   folder = os.path.join(workdir, PICTURES_DIR)
   os.makedirs(folder, exist_ok=True)
   for name, image in pictures.items():
     for prefix in ('', FINAL_PREFIX) if final else ('',):
-      write_png(os.path.join(folder, f'{prefix}{name}.png'), image)
+      rundir.write_bytes_atomic(os.path.join(folder, f'{prefix}{name}.png'),
+                                encode_png(image))

@@ -21,15 +21,19 @@ PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml_collection
             'tensorflow-datasets', 'numpy', 'tensorboardX')
 
 
-def write_text_atomic(path: str, text: str) -> None:
+def write_bytes_atomic(path: str, data: bytes) -> None:
   """Writes through a synced temporary file and a rename, so readers never see half a file."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix='.tmp_')
   os.chmod(tmp, 0o644)
-  with os.fdopen(fd, 'w', encoding='utf-8') as f:
-    f.write(text)
+  with os.fdopen(fd, 'wb') as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  write_bytes_atomic(path, text.encode('utf-8'))
 
 
 def write_json_atomic(path: str, obj) -> None:
