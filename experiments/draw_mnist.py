@@ -29,9 +29,9 @@ GROUP_BY = ('norm',)
 SELECT_BY = 'valid_loss'
 NORMS = ('none', 'layer_c', 'layer')
 
-# The reduced DRAW of the `cpu` variant, sized from a measured rate: one run of it trains ~3.5
-# steps/s (390 steps per epoch) on 2 cores, so the baseline and LN on c, 3 seeds each, 4 epochs,
-# with --parallel=2 --vmap_seeds (one process per norm) fit in about 40 minutes.
+# The reduced DRAW of the `cpu` variant, sized from a measured rate (one run of it trained ~3.5
+# steps/s, 390 steps per epoch, on 2 cores): the baseline and LN on c, 3 seeds each, 4 epochs,
+# with --parallel=2 --vmap_seeds (one process per norm) took 23 minutes there.
 CPU_GLIMPSES = 16
 CPU_UNITS = 128
 CPU_EPOCHS = 4.0
