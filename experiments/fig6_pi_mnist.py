@@ -18,9 +18,9 @@ paper's.
 Variants after the colon (sizes in the table below; docs/comparisons.md has measured costs):
   (none)  the paper's protocol for a GPU: 60 epochs at both batch sizes on the 55,000 training
           images, 3 learning rates per batch size, 3 seeds (54 runs).
-  cpu     about an hour on 2 quiet cores: 1.5 epochs at both batch sizes on the 55,000 training
+  cpu     about an hour on 2 quiet cores: 2 epochs at both batch sizes on the 55,000 training
           images, 2 learning rates per batch size, 3 seeds (36 runs).
-  quick   about 3 minutes on 2 quiet cores: 2 epochs at both batch sizes on the first 4,000
+  quick   about 3 minutes on 2 quiet cores: 2 epochs at both batch sizes on the first 3,000
           training images, one learning rate, 3 seeds (18 runs); it shows the pipeline.
   seeds4  LayerNorm at batch 4, 4 seeds, 2,000 steps: times --vmap_seeds against separate runs.
 """
@@ -76,19 +76,19 @@ CLAIMS = (
 # Sizes per variant. Every variant trains both batch sizes for the same `epochs`; evaluations
 # (each a pass over the validation and the 10,000 test images) every `eval_every_epochs`.
 # train_images / valid_images None: the 55,000 / 5,000 of the standard split.
-# The cpu and quick sizes are estimates, not measured at these settings; re-measure (the runs'
-# steps/s) and tune them here. The estimate, one seed on 2 quiet cores (docs/comparisons.md):
-# batch 4 ~230 steps/s, batch 128 ~60 steps/s, vmapped seeds at ~0.7x that per seed. Training
-# on N images (epochs x train images) at both batch sizes then takes about
-# (N / 4 / 230 + N / 128 / 60) / 0.7 seconds per norm, learning rate and seed: quick (N = 8,000,
-# 9 of them) ~2 min, cpu (N = 82,500, 18 of them) ~45 min, plus evaluations and start-up.
+# Sized from steps/s measured on 2 quiet cores (AMD EPYC, jax 0.10 CPU), two 3-seed vmapped
+# processes side by side as `--parallel=2 --vmap_seeds` runs them: ~28 steps/s per process at
+# batch 4 and ~10 at batch 128 (either norm), ~4 s per evaluation of 15,000 images x 3 seeds,
+# ~20 s of start-up per process. Training E epochs on 55,000 images with 2 learning rates then
+# takes about 6 x (13,750 E / 28 + 430 E / 10 + 2 x (20 + 4 x (4E + 1))) / 2 s of wall time:
+# ~60 minutes at E = 2.
 VARIANTS = {
     None: {'seeds': 3, 'epochs': 60.0, 'eval_every_epochs': 0.5, 'train_images': None,
            'valid_images': None,
            'learning_rates': {128: (3e-4, 1e-3, 3e-3), 4: (3e-5, 1e-4, 3e-4)}},
-    'cpu': {'seeds': 3, 'epochs': 1.5, 'eval_every_epochs': 0.25, 'train_images': None,
+    'cpu': {'seeds': 3, 'epochs': 2.0, 'eval_every_epochs': 0.25, 'train_images': None,
             'valid_images': None, 'learning_rates': {128: (1e-3, 3e-3), 4: (1e-4, 3e-4)}},
-    'quick': {'seeds': 3, 'epochs': 2.0, 'eval_every_epochs': 0.5, 'train_images': 4000,
+    'quick': {'seeds': 3, 'epochs': 2.0, 'eval_every_epochs': 0.5, 'train_images': 3000,
               'valid_images': 1000, 'learning_rates': {128: (1e-3,), 4: (1e-4,)}},
 }
 
