@@ -182,8 +182,9 @@ def test_eta_comes_from_steps_and_the_rate_of_each_batch_size():
   progress = sweep_runner.SweepProgress(
       4, 0, 1, lambda unit: (unit[0].name.split('_')[0], steps[unit[0].name]))
   progress.finished(units['bs128_a'], 1, 10.0)  # 78 steps/s
-  # Not measured at batch 4 yet: 10 s per 780 steps for every step left.
-  assert progress.line([], [units['bs4_a']]).endswith('ETA ~0:05:20')
+  # Not measured at batch 4 yet: counted, not guessed from batch 128's time per step.
+  assert progress.line([], [units['bs4_a'], units['bs128_b']]).endswith(
+      'ETA ~0:00:10 + 1 member(s) of a batch size not timed yet')
   progress.finished(units['bs4_a'], 1, 150.0)   # 167 steps/s
   line = progress.line([(units['bs4_b'], 50.0)], [units['bs128_b']])
   assert line.startswith('sweep: 2/4 done, 1 running, 1 left')

@@ -47,9 +47,10 @@ class SweepProgress:
   """Members done / running / left, and an ETA from the steps left.
 
   A unit's time is its steps over the steps/s measured on the finished units of the same batch
-  size (and number of vmapped seeds); units of a batch size not measured yet get the mean time per
-  step of all finished units. Members of batch 4 hold 32x the steps of batch 128 ones, so a mean
-  per member would be far off.
+  size (and number of vmapped seeds). Units of a batch size not measured yet are left out of the
+  ETA and counted beside it: neither the time per step nor the time per example of another batch
+  size predicts theirs (a short batch-128 run is mostly start-up and evaluation, and would put an
+  hour on a sweep of minutes).
   """
 
   def __init__(self, total: int, done: int, parallel: int, unit_steps=None):
@@ -68,14 +69,11 @@ class SweepProgress:
     totals[1] += seconds
 
   def unit_seconds(self, unit) -> float | None:
-    """The expected time of `unit`, or None before any unit finished."""
-    if not self._measured:
-      return None
+    """The expected time of `unit`, or None while no unit of its kind has finished."""
     kind, steps = self._unit_steps(unit)
     measured = self._measured.get(kind)
-    if measured is None:  # a batch size not measured yet: the mean time per step so far
-      measured = [sum(v[0] for v in self._measured.values()),
-                  sum(v[1] for v in self._measured.values())]
+    if measured is None:
+      return None
     return steps * measured[1] / max(measured[0], 1)
 
   def line(self, running=(), pending=()) -> str:
@@ -86,9 +84,16 @@ class SweepProgress:
             + (f', {self.failed} failed' if self.failed else '')
             + f' | elapsed {_duration(time.time() - self._start)}')
     if self._measured and (running or pending):
-      work = sum(self.unit_seconds(u) for u in pending) + sum(
-          max(self.unit_seconds(u) - s, 0.0) for u, s in running)
+      work, untimed = 0.0, 0
+      for unit, seconds in [*running, *((u, 0.0) for u in pending)]:
+        expected = self.unit_seconds(unit)
+        if expected is None:
+          untimed += len(unit)
+        else:
+          work += max(expected - seconds, 0.0)
       text += f' | ETA ~{_duration(work / min(self.parallel, len(running) + len(pending)))}'
+      if untimed:
+        text += f' + {untimed} member(s) of a batch size not timed yet'
     return text
 
 
