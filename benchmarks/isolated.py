@@ -32,6 +32,8 @@ class Worker:
   def __init__(self, spec: dict):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, (REPO_ROOT, os.environ.get('PYTHONPATH')))))
+    if spec.get('xla_flags'):  # an XLA option under test, for this contender only
+      env['XLA_FLAGS'] = ' '.join(filter(None, (env.get('XLA_FLAGS'), spec['xla_flags'])))
     self.spec = spec
     self._process = subprocess.Popen(
         [sys.executable, '-m', 'benchmarks.isolated', json.dumps(spec)], cwd=REPO_ROOT,
@@ -104,10 +106,26 @@ def _build(spec: dict):
   if kind == 'draw':
     from benchmarks import draw
     return draw.build(spec)
+  if kind == 'matmul':  # XLA's float32 [m, k] x [k, n] product: the cores' matmul rate
+    from benchmarks import layers
+    call, sync = layers.matmul_callable(spec['m'], spec['k'], spec['n'])
+    sync(call())
+
+    def run(n):
+      done = 0
+      while done < n:
+        out = call()
+        done += out[0]
+      sync(out)
+      return done
+    return run, {}
   from benchmarks import load_config, peers, training
   if 'lstm_kernel' in spec:  # which recurrent layers use the hand-written backward pass
     from ln_jax.kernels import lstm_kernel
     lstm_kernel.FUSED_KINDS = tuple(spec['lstm_kernel'])
+  if 'lstm_unroll' in spec:  # steps per iteration of the recurrent loops
+    from ln_jax.kernels import lstm_kernel
+    lstm_kernel.UNROLL = spec['lstm_unroll']
   images, labels = training.make_dataset(spec.get('num_examples', training.NUM_TRAIN))
   config = load_config(spec['config'], spec['overrides'])
   runners = dict(training.RUNNERS, flax_scan=peers.FlaxScanRunner,

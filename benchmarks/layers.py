@@ -48,6 +48,28 @@ def time_per_call(call: Callable[[], object], sync: Callable[[object], object],
   return statistics.median(samples)
 
 
+PRODUCTS_PER_CALL = 50  # small products per jitted call: dispatch would dominate one alone
+
+
+def matmul_callable(m: int, k: int, n: int):
+  """(call, sync) running float32 [m, k] x [k, n] products with XLA: one per call for large
+  shapes; `PRODUCTS_PER_CALL` dependent-free ones in a loop for small ones (an LSTM step's
+  size), each on a slightly different input so none is hoisted; a call returns the count."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (m, k), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (k, n), jnp.float32)
+  if m * k * n >= 2**27:
+    product = jax.jit(jnp.dot)
+    return (lambda: (1, product(a, b))), (lambda out: jax.block_until_ready(out[1]))
+
+  @jax.jit
+  def products(a, b):
+    def body(i, acc):
+      return acc + jnp.dot(a * (1.0 + 1e-7 * i.astype(jnp.float32)), b)
+    return jax.lax.fori_loop(0, PRODUCTS_PER_CALL, body, jnp.zeros((m, n), jnp.float32))
+  return ((lambda: (PRODUCTS_PER_CALL, products(a, b))),
+          (lambda out: jax.block_until_ready(out[1])))
+
+
 def _jax_passes(module: nn.Module, x):
   """A jitted call of `PASSES_PER_CALL` forward+backward passes; returns the sums of y, dx and
   the parameter gradients."""

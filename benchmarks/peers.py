@@ -98,7 +98,8 @@ class FlaxScanRunner:
 
 
 class TorchLSTMRunner:
-  """`torch.nn.LSTM` + a linear readout on the last h, Adam and global-norm clipping."""
+  """`torch.nn.LSTM` (`torch.nn.GRU` for model.cell=gru) + a linear readout on the last h,
+  Adam and global-norm clipping."""
 
   name = 'torch_lstm'
 
@@ -109,7 +110,8 @@ class TorchLSTMRunner:
     torch.manual_seed(config.seed)
     m = config.model
     self._pixels = m.pixels_per_step
-    self._lstm = torch.nn.LSTM(m.pixels_per_step, m.hidden_size, batch_first=True)
+    layer = {'lstm': torch.nn.LSTM, 'gru': torch.nn.GRU}[m.cell]
+    self._lstm = layer(m.pixels_per_step, m.hidden_size, batch_first=True)
     self._readout = torch.nn.Linear(m.hidden_size, m.num_classes)
     self._parameters = list(self._lstm.parameters()) + list(self._readout.parameters())
     self._optimizer = torch.optim.Adam(self._parameters, lr=config.learning_rate)

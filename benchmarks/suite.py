@@ -173,20 +173,53 @@ def run_layer_norm(shapes, contenders, rounds: int, peak_gbs: float = 0.0) -> li
   return out
 
 
+# Contenders of the recurrent part: '<runner>:<norm>'. ln_jax: the library's layer (the LSTM
+# kernel where it applies); scan: the same layer on autodiff of cells' lax.scan; step: nn.RNN
+# over the step-wise cells (model.step_wise); gru: ln_jax's GRU layer; torch_lstm / torch_gru.
+CELL_RUNNERS = {'ln_jax': '', 'scan': '', 'step': 'model.step_wise=True', 'gru': 'model.cell=gru'}
+STEP_WISE_TARGET = 1.3  # step-wise cells' step time over the whole-sequence layer's
+
+
+def lstm_step_flops(config, batch_size: int) -> float:
+  """Matrix-product FLOPs of one training step of the recurrent classifier: per time step the
+  forward W_x x and W_h h, the backward dh = dz W_h^T and the weight gradients (no gradient of
+  the input itself): 2 B G H (3 H + 2 D), G gate blocks of H units, D inputs per step."""
+  m = config.model
+  gates = {'lstm': 4, 'gru': 3, 'rnn': 1}[m.cell]
+  steps = 784 // m.pixels_per_step
+  return steps * 2.0 * batch_size * gates * m.hidden_size * (
+      3 * m.hidden_size + 2 * m.pixels_per_step) * m.num_layers
+
+
+def matmul_rates(shapes, rounds: int) -> list[dict]:
+  """XLA's float32 matmul GFLOP/s at each (m, k, n), each shape in its own process."""
+  specs = {f'{m}x{k}x{n}': {'kind': 'matmul', 'm': m, 'k': k, 'n': n} for m, k, n in shapes}
+  units = {name: max(10, int(2e10 / (2 * m * k * n))) for name, (m, k, n)
+           in zip(specs, shapes)}  # ~20 GFLOP a round: a second or so
+  measured = isolated.interleave(specs, units, rounds)
+  return [{'shape': name, 'gflop_per_s': result['median'] * 2 * m * k * n / 1e9,
+           'rounds': result['rates']}
+          for (name, result), (m, k, n) in zip(measured.items(), shapes)]
+
+
 def run_cells(variants, contenders, *, steps: dict, rounds: int, warmup_steps: int,
-              batch_size: int = 64, extra: str = '', num_examples: int = 6400) -> list[dict]:
-  """Training steps/s of the recurrent classifier: ln_jax's LSTM, LN-LSTM and BN-LSTM
-  ('ln_jax:<norm>', the library's default), the same with autodiff of the scan instead of
-  `lstm_kernel`'s hand-written backward pass ('scan:<norm>') and `torch.nn.LSTM`, each in its
-  own process; step times relative to ln_jax's plain LSTM."""
+              batch_size: int = 64, extra: str = '', num_examples: int = 6400,
+              peak_gflops: float = 0.0) -> list[dict]:
+  """Training steps/s of the recurrent classifier for each contender (`CELL_RUNNERS`), each
+  in its own process; step times relative to ln_jax's plain LSTM ('x plain'), the step-wise
+  cells' also relative to the whole-sequence layer of the same norm ('x sequence'), and the
+  matrix-product GFLOP/s each reaches (`lstm_step_flops`), as a fraction of `peak_gflops`."""
   out = []
   for variant in variants:
     specs = {}
     for name in contenders:
-      norm = name.split(':')[1] if ':' in name else 'none'
-      arg = ','.join(filter(None, (variant, f'norm={norm}', f'batch_size={batch_size}', extra)))
-      runner = name.split(':')[0]
-      specs[name] = {'kind': 'cell', 'contender': 'ln_jax' if runner == 'scan' else runner,
+      runner, _, norm = name.partition(':')
+      norm = norm or 'none'
+      arg = ','.join(filter(None, (variant, f'norm={norm}', f'batch_size={batch_size}',
+                                   CELL_RUNNERS.get(runner, ''),
+                                   'model.cell=gru' if runner == 'torch_gru' else '', extra)))
+      specs[name] = {'kind': 'cell',
+                     'contender': 'torch_lstm' if runner.startswith('torch') else 'ln_jax',
                      'config': SEQ_MNIST, 'overrides': arg, 'num_examples': num_examples,
                      'warmup_steps': warmup_steps}
       if runner == 'scan':  # ln_jax with every layer on autodiff of cells' lax.scan
@@ -194,21 +227,70 @@ def run_cells(variants, contenders, *, steps: dict, rounds: int, warmup_steps: i
     measured = isolated.interleave(specs, max(1, steps[variant] // rounds), rounds)
     plain = measured.get('ln_jax:none')
     for name, result in measured.items():
+      runner, _, norm = name.partition(':')
+      flops = lstm_step_flops(load_config(SEQ_MNIST, specs[name]['overrides']), batch_size)
       row = {'variant': variant, 'contender': name, 'batch_size': batch_size,
              'steps_per_s': result['median'], 'ms_per_step': 1e3 / result['median'],
+             'gflop_per_s': flops * result['median'] / 1e9,
              'rounds': result['rates'], 'cpu_per_wall': result['cpu_per_wall']}
+      if peak_gflops > 0:
+        row['of_peak'] = row['gflop_per_s'] / peak_gflops
       if plain is not None and name != 'ln_jax:none':
         pair = isolated.paired(plain['rates'], result['rates'])  # step time over the plain's
         row['vs_plain'] = pair['median']
         row['spread'] = f"{pair['min']:.2f}-{pair['max']:.2f}"
-        norm = name.split(':')[1] if name.startswith('ln_jax:') else None
-        if norm in CELL_TARGETS:
+        if runner == 'ln_jax' and norm in CELL_TARGETS:
           row['target'] = f'<= {CELL_TARGETS[norm]}'
           row['met'] = pair['median'] <= CELL_TARGETS[norm]
         elif name == 'torch_lstm':  # torch's step time over ours: ours no slower
           row['target'] = '>= 1.0'
           row['met'] = pair['median'] >= 1.0
+      sequence = measured.get(f'ln_jax:{norm or "none"}')
+      if runner == 'step' and sequence is not None:
+        pair = isolated.paired(sequence['rates'], result['rates'])
+        row['vs_sequence'] = pair['median']
+        row['spread'] = f"{pair['min']:.2f}-{pair['max']:.2f}"
+        row['target'] = f'<= {STEP_WISE_TARGET} x sequence'
+        row['met'] = pair['median'] <= STEP_WISE_TARGET
+      ours = measured.get({'torch_lstm': 'ln_jax:none', 'torch_gru': 'gru:none'}.get(name, ''))
+      if ours is not None:  # torch's step time over ours for the same cell
+        row['torch_over_ours'] = isolated.paired(ours['rates'], result['rates'])['median']
       out.append(row)
+  return out
+
+
+# XLA:CPU options and loop unrolling tried on the plain LSTM's step (`--parts=cell_levers`):
+# name -> what the worker gets on top of the default ('xla_flags' or 'lstm_unroll').
+CELL_LEVERS = {
+    'eigen_one_thread': {'xla_flags': '--xla_cpu_multi_thread_eigen=false'},
+    'xnnpack': {'xla_flags': '--xla_cpu_use_xnnpack=true'},
+    'xnn_dot_fusion': {'xla_flags': '--xla_cpu_experimental_xnn_fusion_type='
+                                    'LIBRARY_FUSION_TYPE_DOT'},
+    'ynn_dot_fusion': {'xla_flags': '--xla_cpu_experimental_ynn_fusion_type='
+                                    'LIBRARY_FUSION_TYPE_DOT'},
+    'onednn': {'xla_flags': '--xla_cpu_use_onednn=true'},
+    'unroll_2': {'lstm_unroll': 2},
+    'unroll_4': {'lstm_unroll': 4},
+}
+
+
+def run_cell_levers(variant: str, *, steps: int, rounds: int, warmup_steps: int,
+                    batch_size: int = 64, num_examples: int = 6400) -> list[dict]:
+  """The plain LSTM's training step under each of `CELL_LEVERS`, each in its own process,
+  against the default (and torch.nn.LSTM where installed): step time over the default's."""
+  base = {'kind': 'cell', 'contender': 'ln_jax', 'config': SEQ_MNIST,
+          'overrides': f'{variant},norm=none,batch_size={batch_size}',
+          'num_examples': num_examples, 'warmup_steps': warmup_steps}
+  specs = {'default': base, **{name: {**base, **extra} for name, extra in CELL_LEVERS.items()}}
+  if training.torch_available():
+    specs['torch_lstm'] = {**base, 'contender': 'torch_lstm'}
+  measured = isolated.interleave(specs, max(1, steps // rounds), rounds)
+  out = []
+  for name, result in measured.items():
+    pair = isolated.paired(measured['default']['rates'], result['rates'])
+    out.append({'variant': variant, 'lever': name, 'ms_per_step': 1e3 / result['median'],
+                'vs_default': pair['median'], 'spread': f"{pair['min']:.2f}-{pair['max']:.2f}",
+                'rounds': result['rates']})
   return out
 
 
@@ -266,8 +348,25 @@ def report(results: dict) -> str:
               table(results['cells'], [('variant', 'variant', 's'), ('contender', 'contender', 's'),
                                        ('batch', 'batch_size', 'd'),
                                        ('ms/step', 'ms_per_step', '.2f'),
-                                       ('x plain', 'vs_plain', '.2f'), ('spread', 'spread', 's'),
+                                       ('x plain', 'vs_plain', '.2f'),
+                                       ('x sequence', 'vs_sequence', '.2f'),
+                                       ('torch / ours', 'torch_over_ours', '.2f'),
+                                       ('spread', 'spread', 's'),
+                                       ('GFLOP/s', 'gflop_per_s', '.1f'),
+                                       ('of peak', 'of_peak', '.0%'),
                                        ('target', 'target', 's'), ('met', 'met', '')])]
+    if results.get('matmul'):
+      parts += ['\nXLA float32 matmul rate (each shape in its own process; "of peak" above is '
+                'the step\'s matrix-product GFLOP/s over the largest of these)',
+                table(results['matmul'], [('shape m x k x n', 'shape', 's'),
+                                          ('GFLOP/s', 'gflop_per_s', '.1f')])]
+  if results.get('cell_levers'):
+    parts += ['\nXLA:CPU options and unrolling on the plain LSTM step (each in its own process; '
+              '"x default": step time over the default\'s, paired by round)',
+              table(results['cell_levers'], [('variant', 'variant', 's'), ('lever', 'lever', 's'),
+                                             ('ms/step', 'ms_per_step', '.2f'),
+                                             ('x default', 'vs_default', '.2f'),
+                                             ('spread', 'spread', 's')])]
   if results.get('real_run'):
     parts += ['\nReal runs (scripts/train.py; steps_per_s of metrics.jsonl, windows after the '
               'first)', table(results['real_run'], [('run', 'name', 's'),

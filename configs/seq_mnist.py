@@ -51,6 +51,9 @@ def get_config(arg=None):
     # 'zeros' | 'input_mean'; None: 'input_mean' for norm=batch, which needs states that differ
     # over the batch from the first step (see ln_jax/models/recurrent.py), 'zeros' otherwise.
     config.model.initial_state = ml_collections.config_dict.placeholder(str)
+    # True: nn.RNN over the step-wise cells (ln_jax.LSTMCell, ...) instead of the whole-sequence
+    # layer; the same model, for measuring the path a model stepping its own cells takes.
+    config.model.step_wise = False
 
     config.data.permute = False
     config.learning_rate = 2e-3

@@ -7,6 +7,12 @@ paper's claims put to the test.
       --parallel=2 --vmap_seeds --config.data.source=idx --config.data.dir=../shared/data/mnist
   python scripts/compare.py /tmp/f6
 
+The paper's protocol (the variant without a suffix) on a GPU, stopping cleanly when an allocation
+runs out (rerun the same command to go on; not run here, where no GPU was available):
+
+  python scripts/sweep.py --experiment=experiments/fig6_pi_mnist.py --workdir=runs/fig6 \
+      --vmap_seeds --time_budget=4:00:00
+
 The paper (Section 6.6): "layer normalization is robust to the batch-sizes and exhibits a faster
 training convergence comparing to batch normalization that is applied to all layers". CLAIMS
 states that sentence at equal epochs: LN's final training NLL below BN's at batch 128 and at

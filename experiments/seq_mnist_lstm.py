@@ -4,7 +4,7 @@ seeds. Every run of a variant takes the same number of updates, so a lower loss 
 faster convergence per update (the paper's recurrent curves are against updates).
 
   python scripts/sweep.py --experiment=experiments/seq_mnist_lstm.py:cpu --workdir=/tmp/seq \
-      --vmap_seeds --config.data.source=idx --config.data.dir=../shared/data/mnist
+      --parallel=2 --vmap_seeds --config.data.source=idx --config.data.dir=../shared/data/mnist
   python scripts/compare.py /tmp/seq
 
 The paper has no sequential-MNIST experiment; its conclusion states the claim tested here:
@@ -20,8 +20,9 @@ Variants after the colon (sizes in the table below; docs/comparisons.md has meas
   (none)  for a GPU: 28, 112 and 784 steps x batch 64 and 8, LSTM, LN-LSTM and BN-LSTM, 128
           units, 2,000 updates per run on the 55,000 training images, 3 learning rates, 3 seeds.
   cpu     (28 steps, batch 64), (28 steps, batch 8), (112 steps, batch 8); LSTM and LN-LSTM, 64
-          units, 2,000 updates per run drawn from the first 9,600 training images (batch 8: 1.7
-          epochs, batch 64: 13), 4 evaluations, 2 learning rates, 3 seeds (36 runs).
+          units, 4,000 updates per run drawn from the first 20,000 training images (batch 8: 1.6
+          epochs, batch 64: 12.8), 4 evaluations, 2 learning rates, 3 seeds (36 runs); about
+          half an hour on 2 quiet cores with --parallel=2 --vmap_seeds.
 """
 
 from ln_jax.errors import UserError
@@ -62,19 +63,19 @@ CLAIMS = (
 
 # Sizes per variant: the same number of updates (`steps`) for every run whatever its batch size,
 # `evals` evaluations per run; train_size None: the 55,000 training images.
-# The cpu sizes are estimates, not measured at these settings; re-measure (the runs' steps/s) and
-# tune them here. The estimate, one seed of 64 units on 2 quiet cores, extrapolated from
-# docs/comparisons.md's 128-unit figures: ~40 steps/s at 28 steps and batch 64, ~200 at 28 steps
-# and batch 8, ~50 at 112 steps and batch 8; 3 vmapped seeds at ~0.7x per seed. 2,000 updates
-# then take ~30 min of training over the 12 groups (4 per cell), plus evaluations and start-up
-# (about an hour in all).
+# The cpu size comes from rates measured on 2 quiet cores (AMD EPYC, jax 0.10 CPU), two 3-seed
+# vmapped processes side by side, 64 units: ~12 steps/s per process at 28 steps and batch 64
+# (LN ~10), ~50 at 28 steps and batch 8, ~17 at 112 steps and batch 8; an evaluation of the
+# 11,000 validation and test sequences x 3 seeds ~3 s at 28 steps, ~8 s at 112; ~10 s of start-up.
+# 4,000 updates then take about 4 x (333 + 80 + 235) s of training plus ~200 s of evaluations and
+# start-ups, over 2 processes: ~25 minutes.
 VARIANTS = {
     None: {'norms': ('none', 'layer', 'batch'), 'cells': [(p, b) for p in (28, 7, 1)
                                                           for b in (64, 8)],
            'seeds': 3, 'steps': 2000, 'train_size': None, 'evals': 4,
            'learning_rates': {64: (1e-3, 2e-3, 5e-3), 8: (3e-4, 1e-3, 2e-3)}, 'run': {}},
     'cpu': {'norms': ('none', 'layer'), 'cells': [(28, 64), (28, 8), (7, 8)], 'seeds': 3,
-            'steps': 2000, 'train_size': 9600, 'evals': 4,
+            'steps': 4000, 'train_size': 20000, 'evals': 4,
             'learning_rates': {64: (2e-3, 5e-3), 8: (5e-4, 2e-3)},
             'run': {'model.hidden_size': 64, 'data.valid_size': 1000}},
 }

@@ -7,8 +7,11 @@
   python scripts/bench.py --parts=draw --draw_size=reduced           # DRAW at the CPU size
 
 Parts: `training` (the paper's MLP at batch 4 with LN: ln_jax, a hand-fused Flax lax.scan loop,
-a per-step jit loop, PyTorch eager; the bandwidth bound), `cells` (LSTM, LN-LSTM, BN-LSTM and
-torch.nn.LSTM on sequential MNIST rows and pixels), `layer_norm` (forward+backward GB/s of
+a per-step jit loop, PyTorch eager; the bandwidth bound), `cells` (LSTM, LN-LSTM, BN-LSTM, GRU,
+LN-GRU, torch.nn.LSTM and torch.nn.GRU on sequential MNIST rows and pixels; at rows also the
+layers on autodiff of the scan and the step-wise cells under nn.RNN; each step's matrix-product
+GFLOP/s against XLA's measured matmul rate), `cell_levers` (XLA:CPU options and unrolling on the
+plain LSTM's step), `layer_norm` (forward+backward GB/s of
 ln_jax, flax.linen and PyTorch at 8192x1000 and 64x512), `real_run` (steps_per_s of real
 scripts/train.py runs), `draw` (DRAW's training step, ln_jax and PyTorch eager, plain LSTMs and
 the LN-on-c cell, with a full-epoch time on this machine and an estimated GPU step). Prints the
@@ -28,7 +31,7 @@ from absl import logging
 from ln_jax import cli
 from ln_jax.errors import UserError
 
-PARTS = ('training', 'cells', 'layer_norm', 'real_run', 'draw')
+PARTS = ('training', 'cells', 'cell_levers', 'layer_norm', 'real_run', 'draw')
 
 _OUTPUT = flags.DEFINE_string('output', 'bench.json', 'Where to write the results as JSON.')
 _QUICK = flags.DEFINE_bool('quick', False, 'Smoke run: few steps, one round, small LayerNorm '
@@ -173,15 +176,25 @@ def main(argv):
   if 'cells' in _PARTS.value:
     logging.info('recurrent cells: %s', cells_variants)
     results['cells'] = []
+    # The bound's denominator: XLA's matmul rate on a large product and at the LSTM's shape.
+    hidden = 128
+    results['matmul'] = suite.matmul_rates(
+        [(1024, 1024, 1024), (_CELLS_BATCH.value, hidden, 4 * hidden)], rounds)
+    peak = max(r['gflop_per_s'] for r in results['matmul'])
     for variant in cells_variants:
-      # At T = 784 a step takes ~0.5 s: the autodiff rows ('scan:') are timed at T = 28 only.
-      contenders = ['ln_jax:none', 'ln_jax:layer', 'ln_jax:batch'] + (
-          ['scan:none', 'scan:layer', 'scan:batch'] if variant == 'rows' else []) + (
-          ['torch_lstm'] if has_torch else [])
+      # At T = 784 a step takes ~0.5 s: the autodiff and step-wise rows are timed at T = 28.
+      contenders = ['ln_jax:none', 'ln_jax:layer', 'ln_jax:batch', 'gru:none', 'gru:layer'] + (
+          ['scan:none', 'scan:layer', 'scan:batch', 'step:none', 'step:layer', 'step:batch']
+          if variant == 'rows' else []) + (['torch_lstm', 'torch_gru'] if has_torch else [])
       results['cells'] += suite.run_cells(
           [variant], contenders, steps=cells_steps, rounds=rounds,
           warmup_steps=warmup if variant == 'rows' else min(warmup, 2),
-          batch_size=_CELLS_BATCH.value)
+          batch_size=_CELLS_BATCH.value, peak_gflops=peak)
+  if 'cell_levers' in _PARTS.value:
+    logging.info('XLA options and unrolling on the plain LSTM (T = 28)')
+    results['cell_levers'] = suite.run_cell_levers(
+        'rows', steps=cells_steps['rows'], rounds=rounds, warmup_steps=warmup,
+        batch_size=_CELLS_BATCH.value)
   if 'layer_norm' in _PARTS.value:
     logging.info('LayerNorm forward+backward on %s', ln_shapes)
     results['layer_norm'] = suite.run_layer_norm(

@@ -21,6 +21,7 @@ from absl import app
 from absl import flags
 
 from ln_jax import cli
+from ln_jax.errors import UserError
 
 _EXPERIMENT = flags.DEFINE_string('experiment', None, 'Experiment file (path[:variant]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory; one run directory per member.')
@@ -40,6 +41,10 @@ _SLURM_TIME = flags.DEFINE_string('slurm_time', '24:00:00', 'SLURM time limit pe
 _SLURM_GPUS = flags.DEFINE_integer('slurm_gpus_per_task', 1, 'GPUs per SLURM task (0: none).')
 _SLURM_ARRAY_PARALLELISM = flags.DEFINE_integer('slurm_array_parallelism', None, 'SLURM array '
                                                 'tasks running at once (default: all).')
+_TIME_BUDGET = flags.DEFINE_string(
+    'time_budget', None, 'Start no run (or vmapped seed group) that would end past this much '
+    'time after the start (minutes, H:MM:SS or D-HH:MM:SS), judged by the finished ones of its '
+    'batch size; the same command later trains the rest.')
 flags.mark_flags_as_required(['experiment', 'workdir'])
 
 
@@ -54,8 +59,18 @@ def main(argv):
   extra = [a for a in argv[1:] if not a.startswith('--config.')]
   if extra:
     raise app.UsageError(f'unexpected arguments: {" ".join(extra)}')
+  from ln_jax.sweeps import launchers
   from ln_jax.sweeps import sweep
   from ln_jax.sweeps import sweep_runner
+  budget_s = None
+  if _TIME_BUDGET.value is not None:
+    try:
+      budget_s = float(launchers.duration_seconds(_TIME_BUDGET.value))
+    except ValueError:
+      raise UserError(f'--time_budget={_TIME_BUDGET.value!r} is not a duration; write minutes, '
+                      'H:MM:SS or D-HH:MM:SS') from None
+    if budget_s <= 0:
+      raise UserError(f'--time_budget={_TIME_BUDGET.value!r} must be positive')
   common = sweep.parse_common_overrides([a for a in argv[1:] if a.startswith('--config.')])
   shard = sweep.parse_shard(_SHARD.value)
   experiment = sweep.load_experiment(_EXPERIMENT.value)
@@ -64,7 +79,7 @@ def main(argv):
            'slurm_array_parallelism': _SLURM_ARRAY_PARALLELISM.value}
   sweep_runner.run_sweep(experiment, _WORKDIR.value, common, parallel=_PARALLEL.value,
                          shard=shard, only=_ONLY.value, vmap_seeds=_VMAP_SEEDS.value,
-                         launcher=_LAUNCHER.value, slurm=slurm)
+                         launcher=_LAUNCHER.value, slurm=slurm, time_budget_s=budget_s)
 
 
 if __name__ == '__main__':

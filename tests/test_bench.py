@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from conftest import load_config
 from benchmarks import isolated
 from benchmarks import suite
 from benchmarks import training
@@ -59,6 +60,25 @@ def test_recurrent_benchmark_compares_the_cells_with_the_plain_lstm():
   layer = rows[1]
   assert layer['target'] == '<= 1.25' and layer['met'] == (layer['vs_plain'] <= 1.25)
   assert 'vs_plain' not in rows[0]
+  assert all(r['gflop_per_s'] > 0 for r in rows)
+
+
+def test_recurrent_benchmark_times_step_wise_cells_gru_and_the_matmul_rate():
+  contenders = ['ln_jax:layer', 'step:layer', 'gru:none'] + (
+      ['torch_gru'] if training.torch_available() else [])
+  rows = {r['contender']: r for r in suite.run_cells(
+      ['rows'], contenders, steps={'rows': 2}, rounds=2, warmup_steps=1, batch_size=4,
+      extra='model.hidden_size=8', num_examples=64, peak_gflops=1e3)}
+  step = rows['step:layer']
+  assert step['target'] == '<= 1.3 x sequence' and step['met'] == (step['vs_sequence'] <= 1.3)
+  assert 0 < step['of_peak'] == step['gflop_per_s'] / 1e3
+  if 'torch_gru' in rows:
+    assert rows['torch_gru']['torch_over_ours'] > 0
+  # The FLOPs: 28 steps x 2 B G H (3H + 2D): LSTM G = 4, GRU G = 3.
+  config = load_config('configs/seq_mnist.py', 'rows,model.hidden_size=8')
+  assert suite.lstm_step_flops(config, 4) == 28 * 2 * 4 * 4 * 8 * (3 * 8 + 2 * 28)
+  [rate] = suite.matmul_rates([(16, 32, 64)], rounds=1)
+  assert rate['shape'] == '16x32x64' and rate['gflop_per_s'] > 0
 
 
 def test_paired_ratios_report_their_spread():

@@ -211,6 +211,7 @@ BAD_VALUES = {
     'model.pixels_per_step': ('model.pixels_per_step=5', 'model.pixels_per_step=5 must divide'),
     'model.forget_bias': ('model.forget_bias=1e999', 'model.forget_bias=inf must be a finite'),
     'model.initial_state': ('model.initial_state=ones', "unknown model.initial_state 'ones'"),
+    'model.step_wise': ('model.step_wise=maybe', "model.step_wise='maybe' is not a boolean"),
     'data.name': ('data.name=cifar10', "unknown data.name 'cifar10'"),
     'data.source': ('data.source=web', "unknown data.source 'web'"),
     'data.dir': ('data.source=idx,data.dir=/no/such/dir', 'data.dir=/no/such/dir is not a'),

@@ -209,3 +209,52 @@ def test_train_and_evaluate_runs_a_recurrent_batch_norm_model(tmp_path):
   assert last['step'] == 2 * (256 // 16) and np.isfinite(last['test_loss'])
   with open(tmp_path / rundir.CONFIG_FILE) as f:
     assert json.load(f)['config']['model']['cell'] == 'lstm'
+
+
+def _as_step_wise(variables):
+  """A whole-sequence stack's variables as those of the step-wise one (nn.RNN's 'cell')."""
+  return {collection: {name: ({layer: {'cell': tree} for layer, tree in value.items()}
+                              if name == 'stack' else value)
+                       for name, value in trees.items()}
+          for collection, trees in variables.items()}
+
+
+@pytest.mark.parametrize('cell, kind, initial_state', [
+    ('lstm', 'none', 'zeros'), ('lstm', 'layer', 'input_mean'), ('lstm', 'batch', 'input_mean'),
+    ('gru', 'layer', 'zeros')])
+def test_step_wise_stack_equals_the_whole_sequence_one(cell, kind, initial_state):
+  """model.step_wise (nn.RNN over the step-wise cells) computes the same classifier: logits,
+  gradients and BN's new running averages, from the same parameters; two layers."""
+  def model(step_wise):
+    stack = recurrent.RecurrentStack(cell=cell, hidden_size=6, num_layers=2,
+                                     norm=cells.NormSpec(kind=kind), step_wise=step_wise)
+    return recurrent.SequenceClassifier(stack=stack, pixels_per_step=4, num_classes=3,
+                                        initial_state=initial_state)
+  x = np.random.default_rng(9).uniform(size=(5, 20)).astype(np.float32)
+  labels = np.array([0, 1, 2, 1, 0])
+  variables = _variables(model(False), x)
+  step_variables = _as_step_wise(variables)
+  shapes = jax.eval_shape(model(True).init, jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(shapes) == jax.tree.structure(step_variables)
+
+  def loss(module, variables, params):
+    logits, updates = module.apply({**variables, 'params': params}, x, train=True,
+                                   mutable=['batch_stats'])
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(5), labels]), (logits, updates)
+
+  grad = lambda module, v: jax.grad(functools.partial(loss, module, v), has_aux=True)(
+      v['params'])
+  (want_grads, (want, want_updates)), (got_grads, (got, got_updates)) = jax.jit(
+      lambda: (grad(model(False), variables), grad(model(True), step_variables)))()
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(_as_step_wise(
+      {'params': want_grads})['params'])):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(got_updates), jax.tree.leaves(_as_step_wise(want_updates))):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+  # Evaluation with the running averages, and padded sequences' final states.
+  lengths = np.array([5, 2, 5, 3, 1])
+  evaluate = lambda m, v: m.apply(v, x, lengths_B=None if kind == 'batch' else lengths)
+  np.testing.assert_allclose(jax.jit(lambda: evaluate(model(True), step_variables))(),
+                             jax.jit(lambda: evaluate(model(False), variables))(),
+                             atol=2e-5, rtol=1e-4)

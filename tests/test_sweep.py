@@ -185,6 +185,8 @@ def test_eta_comes_from_steps_and_the_rate_of_each_batch_size():
   # Not measured at batch 4 yet: counted, not guessed from batch 128's time per step.
   assert progress.line([], [units['bs4_a'], units['bs128_b']]).endswith(
       'ETA ~0:00:10 + 1 member(s) of a batch size not timed yet')
+  assert progress.line([(units['bs4_a'], 5.0)], []).endswith(
+      'ETA when a batch size of the 1 member(s) left is timed')
   progress.finished(units['bs4_a'], 1, 150.0)   # 167 steps/s
   line = progress.line([(units['bs4_b'], 50.0)], [units['bs128_b']])
   assert line.startswith('sweep: 2/4 done, 1 running, 1 left')
@@ -231,3 +233,31 @@ def test_a_sweep_folder_accepts_other_flags_that_resolve_to_the_same_configs(
   _, elsewhere = configs({'data.source': 'idx', 'data.dir': str(tmp_path)})
   with pytest.raises(UserError, match='member seed-0 has another config.*data.dir'):
     sweep.check_sweep_file(str(tmp_path), elsewhere, {})
+
+
+def test_time_budget_starts_only_units_that_fit(monkeypatch):
+  now = [1000.0]
+  monkeypatch.setattr(sweep_runner.time, 'time', lambda: now[0])
+  units = {name: [sweep.Member(name, {})] for name in ('a', 'b', 'c')}
+  progress = sweep_runner.SweepProgress(3, 0, 1, lambda unit: ('bs4', 100), budget_s=100.0)
+  assert progress.may_start(units['a'])  # nothing timed yet: time is left
+  now[0] += 60.0
+  progress.finished(units['a'], 1, 60.0)
+  assert not progress.may_start(units['b'])  # 60 s gone + 60 s expected > 100 s
+  assert progress.not_started == 1
+  unlimited = sweep_runner.SweepProgress(3, 0, 1, lambda unit: ('bs4', 100))
+  assert unlimited.may_start(units['c'])
+
+
+def test_time_budget_leaves_members_for_the_next_run(experiment_file, tmp_path):
+  workdir = tmp_path / 'sweep'
+  result = _run_script(f'--experiment={experiment_file}', f'--workdir={workdir}',
+                       '--time_budget=0:00:01')
+  assert result.returncode == 0, result.stderr
+  assert 'time budget 0:00:01 reached' in result.stderr
+  finished = [d for d in workdir.iterdir() if (d / 'summary.json').exists()]
+  assert 1 <= len(finished) < len(json.loads((workdir / 'sweep.json').read_text())['members'])
+  result = _run_script(f'--experiment={experiment_file}', f'--workdir={workdir}',
+                       '--time_budget=soon')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --time_budget='soon'")

@@ -37,6 +37,7 @@ from ln_jax.kernels import fused_norms
 from ln_jax.layers import statistics
 
 GATES = 4  # f, i, o, g
+UNROLL = 1  # time steps per iteration of the forward and backward loops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +116,8 @@ def _forward(params, norm: Norm, ax_TxBx4H, h0, c0):
   nx, saved_x, stats_x = _normalized_inputs(params, norm, ax_TxBx4H)
   # The per-gate inputs are split off before the loop (see the module docstring).
   step = functools.partial(_forward_step, params, norm)
-  final, (h_TxBxH, saved, stats) = lax.scan(step, (h0, c0), tuple(_blocks(nx)))
+  final, (h_TxBxH, saved, stats) = lax.scan(step, (h0, c0), tuple(_blocks(nx)),
+                                            unroll=UNROLL)
   stats = {name: (mean, var, jnp.full(mean.shape[:1], h0.shape[0], mean.dtype))
            for name, (mean, var) in {**stats_x, **stats}.items()}
   return h_TxBxH, final, stats, (saved_x, saved)
@@ -191,7 +193,8 @@ def _lstm_bwd(norm, saved, cotangents):
   if isinstance(dh_TxBxH, SymbolicZero):  # the outputs of the steps are not used
     dh_TxBxH = None
   step = functools.partial(_backward_step, params, norm, params['kernel_h'].T)
-  (dh0, dc0), grads = lax.scan(step, (dh_final, dc_final), (dh_TxBxH, per_step), reverse=True)
+  (dh0, dc0), grads = lax.scan(step, (dh_final, dc_final), (dh_TxBxH, per_step), reverse=True,
+                                unroll=UNROLL)
   dz = grads['dz']
   dah = grads.get('dah', dz)
   h_prev = jnp.concatenate([h0[None], h_TxBxH[:-1]], 0)

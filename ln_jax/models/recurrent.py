@@ -7,12 +7,14 @@ data pipeline, train step and run directory serve the MLP and the recurrent mode
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from ln_jax.layers import cells
+from ln_jax.layers import rnn_cells
 from ln_jax import data as data_lib
 from ln_jax import norms
 
@@ -30,6 +32,11 @@ class RecurrentStack(nn.Module):
   Returns (outputs of the last layer [B, T, H], final state of every layer). With `lengths` [B]
   the steps past each sequence's length are padding: they change neither the real steps nor the
   final states, and their outputs are 0. `initial_h` [B, H] (or [B, 1]) starts every layer's h.
+
+  `step_wise`: each layer is flax's `nn.RNN` over the step-wise cell (`rnn_cells.LSTMCell`, ...)
+  instead of `cells.RecurrentLayer`: the same equations a step at a time, as a model that steps
+  its own cells runs them (W_x x inside each step, autodiff of the loop); for measuring that
+  path. With `lengths` its padded steps' outputs are not zeroed (the final states are right).
   """
   cell: str = 'lstm'
   hidden_size: int = 128
@@ -37,19 +44,46 @@ class RecurrentStack(nn.Module):
   norm: cells.NormSpec = cells.NormSpec()
   forget_bias: float = 1.0
   dtype: Any = jnp.float32
+  step_wise: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD, lengths_B=None, train: bool = False, initial_h=None):
     mask_BxT = real_steps(x_BxTxD.shape[1], lengths_B)
     h_BxTxH, finals = x_BxTxD, []
     for i in range(self.num_layers):
-      h_BxTxH, final = cells.RecurrentLayer(
-          self.cell, self.hidden_size, self.norm, self.forget_bias, self.dtype,
-          name=f'layer_{i}')(h_BxTxH, mask_BxT, train, initial_h)
+      if self.step_wise:
+        h_BxTxH, final = self._step_wise_layer(f'layer_{i}', h_BxTxH, lengths_B, train,
+                                               initial_h)
+      else:
+        h_BxTxH, final = cells.RecurrentLayer(
+            self.cell, self.hidden_size, self.norm, self.forget_bias, self.dtype,
+            name=f'layer_{i}')(h_BxTxH, mask_BxT, train, initial_h)
       finals.append(final)
     return h_BxTxH, tuple(finals)
 
+  def _step_wise_layer(self, name, x_BxTxD, lengths_B, train, initial_h):
+    batch, num_steps, _ = x_BxTxD.shape
+    spec = self.norm
+    if spec.kind in rnn_cells.BATCH_NORMS and not spec.max_steps:
+      spec = dataclasses.replace(spec, max_steps=num_steps)
+    options = dict(features=self.hidden_size, norm=spec, dtype=self.dtype, train=train)
+    if self.cell == 'lstm':
+      options['forget_bias'] = self.forget_bias
+    cell = _STEP_CELLS[self.cell](**options, parent=None)  # nn.RNN adopts it as its "cell"
+    carry = cell.initialize_carry(None, x_BxTxD[:, 0].shape)
+    if initial_h is not None:
+      state, step_B = rnn_cells.split_carry(carry, cell.counts_steps)[:2]
+      h0 = jnp.broadcast_to(jnp.asarray(initial_h, jnp.float32), (batch, self.hidden_size))
+      state = (h0, state[1]) if self.cell == 'lstm' else h0
+      carry = rnn_cells.join_carry(state, None) if step_B is None else (state, step_B)
+    rnn = nn.RNN(cell, return_carry=True, name=name,
+                 **rnn_cells.rnn_options(train and not self.is_initializing()))
+    final, h_BxTxH = rnn(x_BxTxD, initial_carry=carry, seq_lengths=lengths_B)
+    return h_BxTxH, rnn_cells.split_carry(final, cell.counts_steps)[0]
 
+
+_STEP_CELLS = {'lstm': rnn_cells.LSTMCell, 'gru': rnn_cells.GRUCell,
+               'rnn': rnn_cells.SimpleRNNCell}
 INITIAL_STATES = ('zeros', 'input_mean')
 
 
@@ -102,7 +136,7 @@ def create_classifier(config) -> SequenceClassifier:
   m = config.model
   stack = RecurrentStack(cell=m.cell, hidden_size=m.hidden_size, num_layers=m.num_layers,
                          norm=norms.recurrent_spec(config), forget_bias=m.forget_bias,
-                         dtype=jnp.dtype(config.dtype))
+                         dtype=jnp.dtype(config.dtype), step_wise=m.step_wise)
   return SequenceClassifier(stack=stack, pixels_per_step=m.pixels_per_step,
                             num_classes=m.num_classes,
                             initial_state=m.initial_state or default_initial_state(config.norm))

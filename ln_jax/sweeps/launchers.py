@@ -37,14 +37,19 @@ def job_folder(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'logs', 'submitit')
 
 
-def slurm_time_minutes(text: str) -> int:
-  """SLURM's time forms ('90', '1:30:00', '2-00:00:00', 'MM:SS') as whole minutes."""
+def duration_seconds(text: str) -> int:
+  """SLURM's time forms ('90' minutes, '1:30:00', '2-00:00:00', 'MM:SS') as seconds."""
   days, _, rest = text.rpartition('-') if '-' in text else ('0', '', text)
   parts = [int(p) for p in rest.split(':')] if rest else []
   if not parts or len(parts) > 3 or not days.isdigit():
     raise ValueError(text)
   hours, minutes, seconds = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)]
-  return int(days) * 24 * 60 + hours * 60 + minutes + (1 if seconds else 0)
+  return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def slurm_time_minutes(text: str) -> int:
+  """SLURM's time forms ('90', '1:30:00', '2-00:00:00', 'MM:SS') as whole minutes."""
+  return -(-duration_seconds(text) // 60)
 
 
 def make_executor(launcher: str, workdir: str, slurm: dict):
@@ -129,6 +134,10 @@ def run_jobs(launcher: str, commands, workdir: str, progress, *, parallel: int, 
   try:
     while pending or running:
       while pending and len(running) < parallel:
+        if not progress.may_start(pending[0][0]):
+          progress.not_started += sum(len(u) for u, _ in pending[1:])
+          pending = []
+          break
         unit, command = pending.pop(0)
         job = submit(executor, [(unit, command)], env)[0]
         running[job] = (unit, time.time())

@@ -53,9 +53,12 @@ class SweepProgress:
   hour on a sweep of minutes).
   """
 
-  def __init__(self, total: int, done: int, parallel: int, unit_steps=None):
-    """`unit_steps(unit) -> (kind, steps)`: what a unit's speed depends on, and its steps."""
+  def __init__(self, total: int, done: int, parallel: int, unit_steps=None,
+               budget_s: float | None = None):
+    """`unit_steps(unit) -> (kind, steps)`: what a unit's speed depends on, and its steps.
+    `budget_s`: the sweep's time budget (`may_start`)."""
     self.total, self.done, self.failed, self.parallel = total, done, 0, parallel
+    self.budget_s, self.not_started = budget_s, 0
     self._start = time.time()
     self._unit_steps = unit_steps or (lambda unit: (None, 1))
     self._measured = {}  # kind -> [steps, seconds] of the finished units
@@ -67,6 +70,17 @@ class SweepProgress:
     totals = self._measured.setdefault(kind, [0, 0.0])
     totals[0] += steps
     totals[1] += seconds
+
+  def may_start(self, unit) -> bool:
+    """Whether `unit` fits in what is left of the time budget: its expected time where its kind
+    was timed, else only whether time is left. A unit refused is counted in `not_started`."""
+    if self.budget_s is None:
+      return True
+    expected = self.unit_seconds(unit) or 0.0
+    if time.time() - self._start + expected <= self.budget_s:
+      return True
+    self.not_started += len(unit)
+    return False
 
   def unit_seconds(self, unit) -> float | None:
     """The expected time of `unit`, or None while no unit of its kind has finished."""
@@ -91,9 +105,12 @@ class SweepProgress:
           untimed += len(unit)
         else:
           work += max(expected - seconds, 0.0)
-      text += f' | ETA ~{_duration(work / min(self.parallel, len(running) + len(pending)))}'
-      if untimed:
-        text += f' + {untimed} member(s) of a batch size not timed yet'
+      if untimed and not work:
+        text += f' | ETA when a batch size of the {untimed} member(s) left is timed'
+      else:
+        text += f' | ETA ~{_duration(work / min(self.parallel, len(running) + len(pending)))}'
+        if untimed:
+          text += f' + {untimed} member(s) of a batch size not timed yet'
     return text
 
 
@@ -171,8 +188,13 @@ def check_shared_inputs(configs: dict) -> dict[str, int]:
 def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str], *,
               parallel: int = 1, shard: tuple[int, int] = (0, 1), only: list[str] | None = None,
               vmap_seeds: bool | None = False, log_every_s: float = 60.0,
-              launcher: str = 'inprocess', slurm: dict | None = None) -> None:
+              launcher: str = 'inprocess', slurm: dict | None = None,
+              time_budget_s: float | None = None) -> None:
   """Trains the members this process owns that have not finished; skips the finished ones.
+
+  `time_budget_s`: start no unit (a run, or a vmapped seed group) that would end past this many
+  seconds after the start, by the time measured on the finished units of its batch size; the
+  members not started stay for the same command to run later.
 
   `launcher`: 'inprocess' (here, or `parallel` subprocesses), 'local' or 'slurm' (submitit jobs,
   see `launchers`; `slurm` holds their options). `vmap_seeds=None` follows the backend's
@@ -211,22 +233,24 @@ def run_sweep(experiment: sweep.Experiment, workdir: str, common: dict[str, str]
   try:
     sweep.write_sweep_file(workdir, experiment, common, configs)
     _train_members(experiment, workdir, common, chosen, configs, steps, parallel, vmap_seeds,
-                   log_every_s, launcher, slurm)
+                   log_every_s, launcher, slurm, time_budget_s)
   finally:
     sweep_lock.release()
 
 
 def _train_members(experiment, workdir, common, chosen, configs, steps, parallel, vmap_seeds,
-                   log_every_s, launcher, slurm) -> None:
+                   log_every_s, launcher, slurm, time_budget_s=None) -> None:
   todo = [m for m in chosen if not rundir.is_complete(os.path.join(workdir, m.name))]
   units = sweep.seed_groups(todo) if vmap_seeds else [[m] for m in todo]
   unit_steps = lambda unit: ((configs[unit[0].name].batch_size, len(unit)), steps[unit[0].name])
   at_once = parallel if launcher != 'slurm' else (
       (slurm or {}).get('slurm_array_parallelism') or max(len(units), 1))
-  progress = SweepProgress(len(chosen), len(chosen) - len(todo), at_once, unit_steps)
-  logging.info('%s: %d members here (%d finished already), %d to train as %d %s',
+  progress = SweepProgress(len(chosen), len(chosen) - len(todo), at_once, unit_steps,
+                           time_budget_s)
+  logging.info('%s: %d members here (%d finished already), %d to train as %d %s%s',
                experiment.spec, len(chosen), len(chosen) - len(todo), len(todo), len(units),
-               'vmapped groups' if vmap_seeds else 'runs')
+               'vmapped groups' if vmap_seeds else 'runs',
+               '' if time_budget_s is None else f'; time budget {_duration(time_budget_s)}')
   causes = []
   if launcher != 'inprocess':
     commands = [(unit, child_command(experiment, workdir, unit, common, vmap_seeds))
@@ -242,6 +266,9 @@ def _train_members(experiment, workdir, common, chosen, configs, steps, parallel
                            log_every_s)
     where = f'the logs in {os.path.join(workdir, "logs")}'
   logging.info(progress.line())
+  if progress.not_started:
+    logging.warning('time budget %s reached: %d member(s) not started; run the same command '
+                    'again to train them', _duration(time_budget_s), progress.not_started)
   if failed:
     cause = f': {causes[0]}' if causes and len(set(causes)) == 1 else f'; see {where}'
     raise UserError(f'{len(failed)} of {len(chosen)} members failed ({", ".join(failed)})'
@@ -257,6 +284,9 @@ def _run_here(units, configs, workdir: str, progress: SweepProgress,
   """Trains the units one after another; appends each failure's message to `causes`."""
   failed = []
   for i, unit in enumerate(units):
+    if not progress.may_start(unit):
+      progress.not_started += sum(len(u) for u in units[i + 1:])
+      break
     logging.info('%s | starting %s', progress.line([(unit, 0.0)], units[i + 1:]),
                  _unit_name(unit))
     start = time.time()
@@ -281,6 +311,10 @@ def _run_children(experiment, units, workdir, common, vmap_seeds, parallel, prog
   try:
     while pending or running:
       while pending and len(running) < parallel:
+        if not progress.may_start(pending[0]):
+          progress.not_started += sum(len(u) for u in pending[1:])
+          pending = []
+          break
         unit = pending.pop(0)
         log_path = os.path.join(log_dir, _unit_name(unit) + '.log')
         with open(log_path, 'a') as log:

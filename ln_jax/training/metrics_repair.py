@@ -52,10 +52,11 @@ def first_damage(workdir: str, eval_steps: list[int]) -> tuple[int, str] | None:
   return None
 
 
-def check_finished_metrics(workdir: str, eval_steps: list[int]) -> None:
-  """Raises UserError naming the first damaged metrics.jsonl line of a finished run."""
+def check_finished_metrics(workdir: str, eval_steps: list[int], *older: list[int]) -> None:
+  """Raises UserError naming the first damaged metrics.jsonl line of a finished run; `older`:
+  the evaluation steps earlier versions gave the same config, also accepted."""
   damage = first_damage(workdir, eval_steps)
-  if damage:
+  if damage and not any(first_damage(workdir, steps) is None for steps in older):
     raise UserError(f'{damage[1]}; the run is finished, so resuming cannot write it again: '
                     'repair the line, or pass --fresh to train the run again')
 

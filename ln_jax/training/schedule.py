@@ -23,10 +23,21 @@ class Schedule:
     return min(self.steps_per_call, next_eval - step, epoch_end - step, self.total_steps - step)
 
   def is_eval_step(self, step: int) -> bool:
-    return step % self.eval_every == 0 or step == self.total_steps
+    """Every `eval_every` steps and at the end; an evaluation less than half an interval before
+    the end is left out (the end's own evaluation follows), so that the last record's training
+    metrics average over at least half an interval of steps, not one or two batches."""
+    if step == self.total_steps:
+      return True
+    return step % self.eval_every == 0 and 2 * (self.total_steps - step) >= self.eval_every
 
   def eval_steps(self) -> list[int]:
     """The steps the run evaluates at (and writes a metrics.jsonl line for), in order."""
+    return [step for step in range(self.eval_every, self.total_steps, self.eval_every)
+            if self.is_eval_step(step)] + [self.total_steps]
+
+  def eval_steps_up_to_0_2(self) -> list[int]:
+    """The evaluation steps of ln_jax 0.2 and earlier, which also evaluated just before the end: a
+    run they finished is sound."""
     steps = list(range(self.eval_every, self.total_steps + 1, self.eval_every))
     return steps + [self.total_steps] if steps[-1:] != [self.total_steps] else steps
 

@@ -211,7 +211,8 @@ class _Loop:
     schedule = self.schedule
     if all(s == workdir_lib.COMPLETE for s in self.statuses):
       for w in self.workdirs:
-        metrics_repair.check_finished_metrics(w, schedule.eval_steps())
+        metrics_repair.check_finished_metrics(w, schedule.eval_steps(),
+                                              schedule.eval_steps_up_to_0_2())
       logging.info('%s holds this run, finished; nothing to do (--fresh runs it again)',
                    ', '.join(self.workdirs))
       return [workdir_lib.read_summary(w)['final'] for w in self.workdirs]
