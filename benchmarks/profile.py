@@ -56,3 +56,28 @@ def profile_steps(config, num_steps: int, warmup_steps: int = 20) -> dict:
   return {'ms_per_step': 1e3 * elapsed / steps, 'steps': steps,
           'operations': [(name, ms / steps, calls[name] / steps)
                          for name, ms in total.most_common()]}
+
+
+# Operation classes by XLA's instruction names (loop fusions carry the kinds they fuse, e.g.
+# 'loop_add_fusion', 'input_reduce_fusion'; XLA:CPU hands products to XNNPACK/YNNPACK as
+# 'xnn_fusion' / 'ynn_fusion'): first match wins.
+OP_CLASSES = (('library fusions (products and the work fused into them)',
+               ('xnn', 'ynn', 'onednn')),
+              ('matrix products', ('dot', 'gemm', 'convolution', 'matmul')),
+              ('reductions', ('reduce',)),
+              ('copies and slices', ('copy', 'slice', 'transpose', 'concatenate', 'pad',
+                                     'broadcast', 'gather', 'scatter', 'bitcast')),
+              ('element-wise fusions', ('fusion',)))
+
+
+def by_class(operations) -> list[tuple[str, float, float]]:
+  """[(class, ms per step, operations per step)] of `profile_steps`' operations, largest first."""
+  total, calls = collections.Counter(), collections.Counter()
+  for name, ms, per_step in operations:
+    lowered = name.lower()
+    kind = next((label for label, keys in OP_CLASSES if any(k in lowered for k in keys)),
+                'other')
+    total[kind] += ms
+    calls[kind] += per_step
+  return [(kind, ms, calls[kind]) for kind, ms in total.most_common()]
+

@@ -39,6 +39,9 @@ def main(argv):
   result = profile.profile_steps(_CONFIG.value, _STEPS.value)
   print(f"{result['ms_per_step']:.3f} ms per step over {result['steps']} traced steps "
         '(tracing included)')
+  print(f"{'ms/step':>9}  {'calls/step':>10}  operation class")
+  for kind, ms, calls in profile.by_class(result['operations']):
+    print(f'{ms:9.3f}  {calls:10.2f}  {kind}')
   print(f"{'ms/step':>9}  {'calls/step':>10}  operation")
   for name, ms, calls in result['operations'][:_TOP.value]:
     print(f'{ms:9.3f}  {calls:10.2f}  {name}')

@@ -189,3 +189,14 @@ def test_torch_draw_has_the_parameters_of_ln_jax_draw(norm):
   config = load_config(draw.CONFIG, f'tiny,norm={norm},model.read_n=3,model.write_n=4')
   torch_model = draw.torch_runner(config).model
   assert draw_torch.num_parameters(torch_model) == draw.parameter_count(config)
+
+
+def test_profile_groups_operations_by_class():
+  from benchmarks import profile
+  operations = [('dot.3', 1.0, 28.0), ('ynn_fusion.1', 1.0, 28.0), ('loop_add_fusion.1', 1.5, 28.0),
+                ('input_reduce_fusion', 0.5, 2.0), ('dynamic-update-slice.7', 0.25, 28.0),
+                ('copy.2', 0.25, 1.0), ('custom-thing', 0.1, 1.0)]
+  assert profile.by_class(operations) == [
+      ('element-wise fusions', 1.5, 28.0), ('matrix products', 1.0, 28.0),
+      ('library fusions (products and the work fused into them)', 1.0, 28.0),
+      ('reductions', 0.5, 2.0), ('copies and slices', 0.5, 29.0), ('other', 0.1, 1.0)]
