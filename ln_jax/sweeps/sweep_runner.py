@@ -242,7 +242,10 @@ def _train_members(experiment, workdir, common, chosen, configs, steps, parallel
                    log_every_s, launcher, slurm, time_budget_s=None) -> None:
   todo = [m for m in chosen if not rundir.is_complete(os.path.join(workdir, m.name))]
   units = sweep.seed_groups(todo) if vmap_seeds else [[m] for m in todo]
-  unit_steps = lambda unit: ((configs[unit[0].name].batch_size, len(unit)), steps[unit[0].name])
+  # A unit's speed depends on its batch size, seed count and model (28- and 112-step sequences
+  # at the same batch size differ 3x), not on its learning rate or seed.
+  unit_steps = lambda unit: ((configs[unit[0].name].batch_size, len(unit),
+                              str(configs[unit[0].name].get('model'))), steps[unit[0].name])
   at_once = parallel if launcher != 'slurm' else (
       (slurm or {}).get('slurm_array_parallelism') or max(len(units), 1))
   progress = SweepProgress(len(chosen), len(chosen) - len(todo), at_once, unit_steps,
