@@ -150,10 +150,13 @@ def test_profile_script_ranks_the_operations_of_a_step():
   assert run.returncode == 0, run.stderr[-2000:]
   lines = run.stdout.strip().splitlines()
   assert 'ms per step over 10 traced steps' in lines[0]
-  operations = lines[2:]
-  assert len(operations) == 5
-  times = [float(line.split()[0]) for line in operations]
-  assert times == sorted(times, reverse=True) and times[0] > 0
+  assert lines[1].endswith('operation class')
+  header = next(i for i, line in enumerate(lines) if line.endswith('  operation'))
+  classes, operations = lines[2:header], lines[header + 1:]
+  assert 1 <= len(classes) <= 6 and len(operations) == 5
+  for rows in (classes, operations):
+    times = [float(line.split()[0]) for line in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
 
 
 def test_draw_benchmark_times_ln_jax_and_torch_and_estimates_a_gpu_step(tmp_path):
