@@ -44,7 +44,7 @@ _SLURM_ARRAY_PARALLELISM = flags.DEFINE_integer('slurm_array_parallelism', None,
 _TIME_BUDGET = flags.DEFINE_string(
     'time_budget', None, 'Start no run (or vmapped seed group) that would end past this much '
     'time after the start (minutes, H:MM:SS or D-HH:MM:SS), judged by the finished ones of its '
-    'batch size; the same command later trains the rest.')
+    'batch size and model; the same command later trains the rest.')
 flags.mark_flags_as_required(['experiment', 'workdir'])
 
 

@@ -240,13 +240,13 @@ def test_time_budget_starts_only_units_that_fit(monkeypatch):
   monkeypatch.setattr(sweep_runner.time, 'time', lambda: now[0])
   units = {name: [sweep.Member(name, {})] for name in ('a', 'b', 'c')}
   progress = sweep_runner.SweepProgress(3, 0, 1, lambda unit: ('bs4', 100), budget_s=100.0)
-  assert progress.may_start(units['a'])  # nothing timed yet: time is left
+  assert progress.may_start([units['a'], units['b']])  # nothing timed yet: time is left
   now[0] += 60.0
   progress.finished(units['a'], 1, 60.0)
-  assert not progress.may_start(units['b'])  # 60 s gone + 60 s expected > 100 s
-  assert progress.not_started == 1
+  assert not progress.may_start([units['b'], units['c']])  # 60 s gone + 60 s > 100 s
+  assert progress.not_started == 2
   unlimited = sweep_runner.SweepProgress(3, 0, 1, lambda unit: ('bs4', 100))
-  assert unlimited.may_start(units['c'])
+  assert unlimited.may_start([units['c']])
 
 
 def test_time_budget_leaves_members_for_the_next_run(experiment_file, tmp_path):

@@ -134,8 +134,7 @@ def run_jobs(launcher: str, commands, workdir: str, progress, *, parallel: int, 
   try:
     while pending or running:
       while pending and len(running) < parallel:
-        if not progress.may_start(pending[0][0]):
-          progress.not_started += sum(len(u) for u, _ in pending[1:])
+        if not progress.may_start([unit for unit, _ in pending]):
           pending = []
           break
         unit, command = pending.pop(0)

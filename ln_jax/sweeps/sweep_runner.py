@@ -71,15 +71,16 @@ class SweepProgress:
     totals[0] += steps
     totals[1] += seconds
 
-  def may_start(self, unit) -> bool:
-    """Whether `unit` fits in what is left of the time budget: its expected time where its kind
-    was timed, else only whether time is left. A unit refused is counted in `not_started`."""
+  def may_start(self, units_left) -> bool:
+    """Whether the first of `units_left` fits in what is left of the time budget: its expected
+    time where its kind was timed, else only whether time is left. When it does not, none of
+    them starts, and they are counted in `not_started`."""
     if self.budget_s is None:
       return True
-    expected = self.unit_seconds(unit) or 0.0
+    expected = self.unit_seconds(units_left[0]) or 0.0
     if time.time() - self._start + expected <= self.budget_s:
       return True
-    self.not_started += len(unit)
+    self.not_started += sum(len(unit) for unit in units_left)
     return False
 
   def unit_seconds(self, unit) -> float | None:
@@ -287,8 +288,7 @@ def _run_here(units, configs, workdir: str, progress: SweepProgress,
   """Trains the units one after another; appends each failure's message to `causes`."""
   failed = []
   for i, unit in enumerate(units):
-    if not progress.may_start(unit):
-      progress.not_started += sum(len(u) for u in units[i + 1:])
+    if not progress.may_start(units[i:]):
       break
     logging.info('%s | starting %s', progress.line([(unit, 0.0)], units[i + 1:]),
                  _unit_name(unit))
@@ -314,8 +314,7 @@ def _run_children(experiment, units, workdir, common, vmap_seeds, parallel, prog
   try:
     while pending or running:
       while pending and len(running) < parallel:
-        if not progress.may_start(pending[0]):
-          progress.not_started += sum(len(u) for u in pending[1:])
+        if not progress.may_start(pending):
           pending = []
           break
         unit = pending.pop(0)
